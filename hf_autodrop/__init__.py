@@ -1,0 +1,21 @@
+"""hf_autodrop: drop the learning rate automatically when the angular velocity of the parameters saturates.
+
+The core (`AutoDrop`, `AutoDropConfig`, `angle_degrees`) needs only torch. `AutoDropCallback` (for the
+Hugging Face `Trainer`) is imported lazily, so `import hf_autodrop` works without transformers.
+"""
+
+from .angles import angle_degrees
+from .config import AutoDropConfig
+from .controller import AutoDrop, Measurement
+
+__version__ = "0.1.0"
+
+__all__ = ["AutoDrop", "AutoDropCallback", "AutoDropConfig", "Measurement", "angle_degrees", "__version__"]
+
+
+def __getattr__(name: str):
+    if name == "AutoDropCallback":
+        from .callback import AutoDropCallback
+
+        return AutoDropCallback
+    raise AttributeError(f"module 'hf_autodrop' has no attribute {name!r}")

@@ -1,0 +1,276 @@
+"""`AutoDropCallback`: AutoDrop for the Hugging Face `Trainer` (a thin adapter over `AutoDrop`)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+import weakref
+from dataclasses import asdict
+
+import torch
+from transformers import TrainerCallback
+from transformers.trainer_callback import ExportableState
+
+from .config import AutoDropConfig
+from .controller import AutoDrop, Measurement
+
+__all__ = ["AutoDropCallback", "install", "STATE_FILE"]
+
+logger = logging.getLogger("hf_autodrop")
+
+STATE_FILE = "autodrop_state.pt"
+# Base schedules that keep the lr constant between drops; every other one decays by itself.
+_CONSTANT_SCHEDULES = {"constant", "constant_with_warmup"}
+# Schedules that set the lr from metrics themselves and would fight AutoDrop.
+_INCOMPATIBLE_SCHEDULES = {"reduce_lr_on_plateau", "greedy"}
+
+
+def _schedule_name(args) -> str:
+    kind = args.lr_scheduler_type
+    return str(getattr(kind, "value", kind))
+
+
+class AutoDropCallback(TrainerCallback, ExportableState):
+    """Drops the `Trainer`'s learning rate automatically when the angular velocity saturates.
+
+    `Trainer(..., callbacks=[AutoDropCallback()])` is all it takes. AutoDrop measures once per epoch
+    (or every `interval_steps` optimizer updates), logs the `autodrop/*` metrics into
+    `trainer.state.log_history`, and drops the lr of every param group, keeping the base schedule's
+    shape (use `lr_scheduler_type="constant"` or `"constant_with_warmup"`). To send the metrics to
+    the `report_to` integrations (TensorBoard, W&B, ...) as well, add the callback with
+    `hf_autodrop.callback.install(trainer)` instead (the README explains why a plain callback cannot).
+
+    Checkpoints hold AutoDrop's tensors in `checkpoint-N/autodrop_state.pt`; resume exactly with
+    `TrainingArguments(restore_callback_states_from_checkpoint=True)`.
+
+    Args:
+        config (`AutoDropConfig` or `dict`, *optional*):
+            The configuration; keyword arguments (the `AutoDropConfig` fields: `drop_factor`,
+            `min_lr`, `threshold`, `max_threshold`, `drop_delay`, `interval_steps`,
+            `average_buffers`, `dry_run`, `stop_when_exhausted`) override single fields.
+
+    Attributes:
+        autodrop (`AutoDrop`): the controller, built when training begins.
+        measurements (`list[dict]`): every interval's measurement of this process, with `step` and `epoch`.
+
+    Example:
+        ```python
+        from transformers import Trainer, TrainingArguments
+        from hf_autodrop import AutoDropCallback
+
+        args = TrainingArguments("out", lr_scheduler_type="constant", num_train_epochs=200)
+        trainer = Trainer(model=model, args=args, train_dataset=train, callbacks=[AutoDropCallback(drop_factor=0.2)])
+        trainer.train()
+        ```
+    """
+
+    def __init__(self, config: AutoDropConfig | dict | None = None, **fields):
+        if isinstance(config, dict):
+            config = AutoDropConfig(**config)
+        self.config = (config or AutoDropConfig()).replace(**fields) if fields else (config or AutoDropConfig())
+        self.autodrop: AutoDrop | None = None
+        self.measurements: list[dict] = []
+        # Set by the Trainer (from trainer_state.json) when it rebuilds this callback on resume.
+        self._checkpoint: dict | None = None
+        self._run_id = uuid.uuid4().hex
+        self._output_dir = "."
+        self._global_step = 0
+        self._trainer_ref = None  # set through `install` to reach the reporting integrations
+        self._warned_schedule = False
+
+    # ------------------------------------------------------------------ ExportableState
+    def state(self) -> dict:
+        """JSON state for `trainer_state.json`: the config, and where the tensor state file goes."""
+        info = None
+        if self.autodrop is not None:
+            info = {
+                "run_id": self._run_id,
+                "interval": self.autodrop.interval,
+                "num_drops": self.autodrop.num_drops,
+                "phase": self.autodrop.phase,
+                "threshold": self.autodrop.threshold,
+                # Where on_save (which runs after this) writes the tensors; found again on resume.
+                "file": os.path.abspath(self._state_path(self._output_dir, self._global_step)),
+            }
+        return {"args": self.config.to_dict(), "attributes": {"_checkpoint": info}}
+
+    # ------------------------------------------------------------------ Trainer events
+    def on_init_end(self, args, state, control, **kwargs):
+        self._check_schedule(args)
+
+    def on_train_begin(self, args, state, control, model=None, optimizer=None, lr_scheduler=None, **kwargs):
+        self._check_schedule(args)
+        self._output_dir, self._global_step = args.output_dir, state.global_step
+        if model is None or optimizer is None:
+            raise RuntimeError("AutoDropCallback needs the Trainer's model and optimizer at train start")
+        self.autodrop = AutoDrop(model, optimizer, lr_scheduler, self.config)
+        if state.global_step > 0:
+            self._resume(args, state)
+        else:
+            self.measurements = []
+            self._warn_if_too_short(state)
+        return control
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self._global_step = state.global_step
+        every = self.config.interval_steps
+        if every is not None and state.global_step % every == 0:
+            self._measure(args, state, control)
+        return control
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        if self.config.interval_steps is None:
+            self._measure(args, state, control)
+        return control
+
+    def on_save(self, args, state, control, **kwargs):
+        if self.autodrop is None or not state.is_world_process_zero:
+            return control
+        path = self._state_path(args.output_dir, state.global_step)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        torch.save({"run_id": self._run_id, "global_step": state.global_step, "autodrop": self.autodrop.state_dict()}, path)
+        return control
+
+    @staticmethod
+    def _state_path(output_dir: str, global_step: int) -> str:
+        return os.path.join(output_dir, f"checkpoint-{global_step}", STATE_FILE)
+
+    # ------------------------------------------------------------------ helpers
+    def _measure(self, args, state, control) -> None:
+        if self.autodrop is None:
+            return
+        m: Measurement = self.autodrop.step()
+        self.measurements.append({**asdict(m), "step": state.global_step, "epoch": state.epoch})
+        logs = m.logs()
+        trainer = self._trainer_ref() if self._trainer_ref is not None else None
+        if trainer is not None:
+            trainer.log(dict(logs))  # log_history + every report_to integration, like the Trainer's own logs
+        else:
+            state.log_history.append({**logs, "epoch": state.epoch, "step": state.global_step})
+        if m.should_stop:
+            logger.info("AutoDrop: every param group is at its floor; stopping training (stop_when_exhausted=True)")
+            control.should_training_stop = True
+
+    def _check_schedule(self, args) -> None:
+        name = _schedule_name(args)
+        if name in _INCOMPATIBLE_SCHEDULES:
+            raise ValueError(
+                f"AutoDropCallback cannot run with lr_scheduler_type={name!r}: that scheduler sets the learning "
+                "rate from metrics itself and would fight AutoDrop. Use lr_scheduler_type='constant' or "
+                "'constant_with_warmup'."
+            )
+        if name not in _CONSTANT_SCHEDULES and not self._warned_schedule:
+            self._warned_schedule = True
+            logger.warning(
+                "AutoDrop expects a constant learning rate between drops, but lr_scheduler_type=%r decays by "
+                "itself; AutoDrop's drops multiply that schedule. Set lr_scheduler_type='constant' (or "
+                "'constant_with_warmup') to let AutoDrop alone decide when the lr goes down.", name,
+            )
+
+    def _warn_if_too_short(self, state) -> None:
+        cfg = self.config
+        needed = cfg.drop_delay + 3
+        if cfg.interval_steps is None:
+            planned, unit = int(state.num_train_epochs), "epochs"
+        else:
+            planned, unit = state.max_steps // cfg.interval_steps, f"intervals of {cfg.interval_steps} steps"
+        if planned < needed:
+            suggestion = max(1, state.max_steps // (3 * needed))
+            logger.warning(
+                "AutoDrop: this run plans %d %s, but the earliest possible drop comes after drop_delay + 3 = %d "
+                "intervals, so no drop can happen. Measure more often, e.g. interval_steps=%d (the run has %d "
+                "optimizer steps), or lower drop_delay.", planned, unit, needed, suggestion, state.max_steps,
+            )
+
+    def _resume(self, args, state) -> None:
+        info = self._checkpoint
+        if info is None:
+            logger.warning(
+                "AutoDrop: resuming at step %d without AutoDrop's saved state (the Trainer was not given "
+                "TrainingArguments(restore_callback_states_from_checkpoint=True), or the checkpoint has no "
+                "AutoDrop entry). AutoDrop starts a fresh history from the current parameters: the lr the "
+                "checkpoint already holds becomes its new initial lr, the threshold restarts at %g and the "
+                "drop count at 0. Set restore_callback_states_from_checkpoint=True to resume exactly.",
+                state.global_step, self.config.threshold,
+            )
+            return
+        # The recorded path first (resuming from a checkpoint elsewhere), then the usual place.
+        candidates = [info.get("file"), self._state_path(args.output_dir, state.global_step)]
+        path = next((p for p in candidates if p and os.path.isfile(p)), candidates[-1])
+        if not os.path.isfile(path):
+            logger.warning(
+                "AutoDrop: the checkpoint records AutoDrop state (interval %d, %d drops) but %s is missing. "
+                "AutoDrop starts a fresh history from the current parameters (threshold %g, drop count 0); "
+                "keep %s beside the checkpoint's other files to resume exactly.",
+                info["interval"], info["num_drops"], path, self.config.threshold, STATE_FILE,
+            )
+            return
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # noqa: BLE001 - any unreadable file is reported the same way
+            raise RuntimeError(f"AutoDrop state file {path} is unreadable ({err}); delete it to restart "
+                               "AutoDrop's history, or restore it from a backup") from err
+        if not isinstance(payload, dict) or "autodrop" not in payload:
+            raise ValueError(f"{path} is not an AutoDrop state file")
+        if payload.get("run_id") != info["run_id"] or payload["autodrop"].get("interval") != info["interval"]:
+            raise ValueError(
+                f"{path} belongs to another run (run {payload.get('run_id')}, interval "
+                f"{payload['autodrop'].get('interval')}) than this checkpoint's trainer_state.json (run "
+                f"{info['run_id']}, interval {info['interval']}); refusing to resume from mismatched AutoDrop state."
+            )
+        try:
+            self.autodrop.load_state_dict(payload["autodrop"])
+        except (KeyError, TypeError) as err:
+            raise ValueError(f"{path} is damaged: {err!r}") from err
+        self._run_id = payload["run_id"]
+        self.measurements = []
+        logger.info(
+            "AutoDrop: resumed from %s (interval %d, %d drops, phase %s)",
+            path, self.autodrop.interval, self.autodrop.num_drops, self.autodrop.phase,
+        )
+
+
+class _TrainerLink(TrainerCallback):
+    """Gives every `AutoDropCallback` of a Trainer the Trainer's `log`, also after a resume rebuilt it."""
+
+    def __init__(self, trainer):
+        self._trainer = weakref.ref(trainer)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        trainer = self._trainer()
+        if trainer is not None:
+            for cb in trainer.callback_handler.callbacks:
+                if isinstance(cb, AutoDropCallback):
+                    cb._trainer_ref = self._trainer
+        return control
+
+
+def install(trainer, callback: AutoDropCallback | None = None, **fields) -> AutoDropCallback:
+    """Add AutoDrop to a built `Trainer` so that its metrics also reach the `report_to` integrations.
+
+    The Trainer runs user callbacks after the reporting integrations and copies `logs` into
+    `log_history` before `on_log`, so a plain callback cannot put metrics in front of TensorBoard or
+    W&B. `install` links the callback to `trainer.log`, the Trainer's own logging path, and the link
+    survives the callback being rebuilt on resume.
+
+    Example:
+        ```python
+        trainer = Trainer(model=model, args=args, train_dataset=train)
+        autodrop = install(trainer, drop_factor=0.2)
+        trainer.train()
+        ```
+    """
+    if callback is None:
+        callback = next((c for c in trainer.callback_handler.callbacks if isinstance(c, AutoDropCallback)), None)
+        if callback is None:
+            callback = AutoDropCallback(**fields)
+            trainer.add_callback(callback)
+        elif fields:
+            raise ValueError("the Trainer already has an AutoDropCallback; configure it there, not in install()")
+    elif callback not in trainer.callback_handler.callbacks:
+        trainer.add_callback(callback)
+    if not any(isinstance(c, _TrainerLink) for c in trainer.callback_handler.callbacks):
+        trainer.add_callback(_TrainerLink(trainer))
+    callback._trainer_ref = weakref.ref(trainer)
+    return callback

@@ -1,0 +1,99 @@
+"""The one configuration object shared by the core, the Trainer callback and the recipes."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+__all__ = ["AutoDropConfig"]
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class AutoDropConfig:
+    """Hyper-parameters of AutoDrop (see the README's option table for the paper's values).
+
+    Args:
+        drop_factor (`float`, defaults to 0.1):
+            rho: the learning rate is multiplied by this at every drop. Must lie in (0, 1).
+        min_lr (`float` or `None`, defaults to `None`):
+            Floor for every param group's learning rate. `None` means 1e-3 x that group's initial
+            learning rate, so that groups with different learning rates keep their ratio.
+        threshold (`float`, defaults to 0.01):
+            theta_0, in degrees: a drop is triggered when the angular velocity changes by less than
+            this between two consecutive intervals.
+        max_threshold (`float`, defaults to 1.0):
+            theta_max, in degrees: the threshold grows by `1 / drop_factor` at every drop up to this cap.
+        drop_delay (`int`, defaults to 20):
+            n_d: intervals between the trigger and the drop, during which parameters are averaged.
+        interval_steps (`int` or `None`, defaults to `None`):
+            `None` measures once per epoch; `N` every `N` optimizer updates. Used by the Trainer
+            callback; custom loops decide themselves when to call `AutoDrop.step()`.
+        average_buffers (`bool`, defaults to `True`):
+            Average floating-point buffers (BatchNorm running statistics) with the same weights as
+            the parameters.
+        dry_run (`bool`, defaults to `False`):
+            Measure, decide and log as usual, but never change the learning rate or the parameters.
+        stop_when_exhausted (`bool`, defaults to `False`):
+            End training at a drop that finds every param group already at its floor.
+
+    Example:
+        >>> AutoDropConfig(drop_factor=0.2, drop_delay=5)
+        AutoDropConfig(drop_factor=0.2, min_lr=None, threshold=0.01, max_threshold=1.0, drop_delay=5, interval_steps=None, average_buffers=True, dry_run=False, stop_when_exhausted=False)
+    """
+
+    drop_factor: float = 0.1
+    min_lr: float | None = None
+    threshold: float = 0.01
+    max_threshold: float = 1.0
+    drop_delay: int = 20
+    interval_steps: int | None = None
+    average_buffers: bool = True
+    dry_run: bool = False
+    stop_when_exhausted: bool = False
+
+    def __post_init__(self) -> None:
+        def bad(field: str, valid: str) -> ValueError:
+            return ValueError(f"AutoDropConfig.{field}={getattr(self, field)!r} is invalid: expected {valid}.")
+
+        if not _is_number(self.drop_factor) or not 0.0 < self.drop_factor < 1.0:
+            raise bad("drop_factor", "a number in the open interval (0, 1), e.g. 0.1 or 0.2")
+        if self.min_lr is not None and (
+            not _is_number(self.min_lr) or not math.isfinite(self.min_lr) or self.min_lr < 0
+        ):
+            raise bad("min_lr", "None (1e-3 x each group's initial lr) or a finite number >= 0")
+        if not _is_number(self.threshold) or not math.isfinite(self.threshold) or self.threshold <= 0:
+            raise bad("threshold", "a finite number of degrees > 0 (the paper uses 0.01)")
+        if (
+            not _is_number(self.max_threshold)
+            or not math.isfinite(self.max_threshold)
+            or self.max_threshold < self.threshold
+        ):
+            raise bad("max_threshold", f"a finite number of degrees >= threshold ({self.threshold})")
+        if not isinstance(self.drop_delay, int) or isinstance(self.drop_delay, bool) or self.drop_delay < 0:
+            raise bad("drop_delay", "an integer >= 0 (the paper uses 20)")
+        if self.interval_steps is not None and (
+            not isinstance(self.interval_steps, int) or isinstance(self.interval_steps, bool) or self.interval_steps < 1
+        ):
+            raise bad("interval_steps", "None (one interval per epoch) or an integer >= 1")
+        for name in ("average_buffers", "dry_run", "stop_when_exhausted"):
+            if not isinstance(getattr(self, name), bool):
+                raise bad(name, "True or False")
+
+    def replace(self, **changes: object) -> AutoDropConfig:
+        """A copy with some fields changed (validated again); unknown names raise `TypeError`."""
+        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise TypeError(
+                f"Unknown AutoDropConfig field(s) {sorted(unknown)}; valid fields: "
+                f"{[f.name for f in dataclasses.fields(self)]}"
+            )
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        """The fields as a plain JSON-serialisable dict."""
+        return dataclasses.asdict(self)

@@ -1,0 +1,358 @@
+"""The AutoDrop state machine: measure the angular velocity, trigger, average, drop."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+
+from .angles import angle_from_sums
+from .averaging import FlatCopy
+from .config import AutoDropConfig
+from .lr import LRGroups
+
+__all__ = ["AutoDrop", "Measurement"]
+
+logger = logging.getLogger("hf_autodrop")
+
+MONITOR, AVERAGING = "monitor", "averaging"
+_STATE_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """What `AutoDrop.step()` saw and decided at the end of one interval (state after the step).
+
+    Attributes:
+        interval: 1-based index of the interval since training started.
+        angle: omega_t, the angle in degrees between the last two displacements (NaN when undefined:
+            fewer than two displacements since the last reset, a zero displacement, or NaN/Inf).
+        angle_change: abs(omega_t - omega_(t-1)) (NaN when either is undefined).
+        threshold: the trigger threshold in degrees in effect from now on.
+        phase: "monitor" or "averaging".
+        lr_scale: param group 0's product of the drop factors applied so far (its lr over its
+            initial lr under a constant base schedule).
+        dropped: a drop happened at this interval (in a dry run: would have happened).
+        num_drops: drops so far, this one included.
+        triggered: the angular velocity saturated at this interval and averaging began.
+        exhausted: this drop found every param group already at its floor.
+        should_stop: `exhausted` and the config asks to stop when exhausted.
+        lrs: every param group's current learning rate.
+    """
+
+    interval: int
+    angle: float
+    angle_change: float
+    threshold: float
+    phase: str
+    lr_scale: float
+    dropped: bool
+    num_drops: int
+    triggered: bool = False
+    exhausted: bool = False
+    should_stop: bool = False
+    lrs: tuple[float, ...] = ()
+
+    def logs(self) -> dict[str, float]:
+        """The `autodrop/*` metrics logged every interval."""
+        return {
+            "autodrop/angle": self.angle,
+            "autodrop/angle_change": self.angle_change,
+            "autodrop/threshold": self.threshold,
+            "autodrop/lr_scale": self.lr_scale,
+            "autodrop/phase": 0.0 if self.phase == MONITOR else 1.0,
+            "autodrop/num_drops": float(self.num_drops),
+        }
+
+
+def _split_model(model_or_params) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Trainable parameters and floating-point buffers of a module, or the given tensors."""
+    if isinstance(model_or_params, torch.nn.Module):
+        params = [p for p in model_or_params.parameters() if p.requires_grad]
+        buffers = [b for b in model_or_params.buffers() if b.is_floating_point()]
+        return params, buffers
+    if isinstance(model_or_params, torch.Tensor):
+        model_or_params = [model_or_params]
+    if not isinstance(model_or_params, Iterable):
+        raise TypeError(f"expected an nn.Module or an iterable of tensors, got {type(model_or_params).__name__}")
+    params = []
+    for p in model_or_params:
+        if isinstance(p, dict):
+            raise TypeError("pass the model or a list of parameters, not param-group dicts")
+        if not isinstance(p, torch.Tensor):
+            raise TypeError(f"expected tensors, got {type(p).__name__}")
+        if p.requires_grad:
+            params.append(p)
+    return params, []
+
+
+class AutoDrop:
+    """Drops the learning rate when the angular velocity of the parameters saturates.
+
+    Call `step()` at the end of every interval (an epoch, or a fixed number of optimizer updates).
+    It measures the angle between the last two parameter displacements, and when its change falls
+    below the threshold it averages the next `drop_delay` snapshots, writes the average into the
+    parameters and multiplies every param group's learning rate by `drop_factor`.
+
+    Args:
+        model_or_params: an `nn.Module` (its trainable parameters and floating buffers) or an
+            iterable of parameters. Frozen parameters (`requires_grad=False`) are ignored.
+        optimizer: the optimizer whose learning rates AutoDrop drops.
+        scheduler: optional torch `LRScheduler`; AutoDrop scales its `base_lrs` so that its
+            next step keeps the drop and its shape (warm-up, ...) is kept, multiplied.
+        config: an `AutoDropConfig`; keyword `overrides` replace single fields.
+
+    The snapshot x_0 is taken here: build `AutoDrop` when training starts, after the model is
+    wrapped or sharded.
+
+    Example:
+        >>> import torch
+        >>> model = torch.nn.Linear(4, 2)
+        >>> opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        >>> autodrop = AutoDrop(model, opt, drop_delay=2, threshold=1.0)
+        >>> for epoch in range(3):
+        ...     for _ in range(10):
+        ...         opt.zero_grad()
+        ...         model(torch.randn(8, 4)).pow(2).mean().backward()
+        ...         opt.step()
+        ...     m = autodrop.step()
+        >>> m.interval, m.phase in ("monitor", "averaging")
+        (3, True)
+    """
+
+    def __init__(self, model_or_params, optimizer, scheduler=None, config: AutoDropConfig | None = None, **overrides):
+        if config is None:
+            config = AutoDropConfig()
+        elif not isinstance(config, AutoDropConfig):
+            raise TypeError(f"config must be an AutoDropConfig, got {type(config).__name__}")
+        if isinstance(scheduler, AutoDropConfig):
+            raise TypeError("the third argument is the scheduler; pass the configuration as config=AutoDropConfig(...)")
+        self.config = config.replace(**overrides) if overrides else config
+        self._params, buffers = _split_model(model_or_params)
+        if not self._params:
+            raise ValueError(
+                "AutoDrop found no trainable parameters (requires_grad=True); nothing to measure. "
+                "Unfreeze some parameters or leave AutoDrop out."
+            )
+        self._buffers = buffers if self.config.average_buffers else []
+        self._lr = LRGroups(optimizer, scheduler, self.config.min_lr)
+
+        self._snapshot = FlatCopy.of(self._params)  # x_(t-1)
+        self._displacement = FlatCopy(self._params)  # s_(t-1), valid when self._t >= 1
+        self._average: FlatCopy | None = None  # running weighted average while averaging
+        self._buffer_average: FlatCopy | None = None
+
+        self._interval = 0
+        self._t = 0  # intervals since the last reset
+        self._k = 0  # averaging count
+        self._phase = MONITOR
+        self._threshold = float(self.config.threshold)
+        self._num_drops = 0
+        self._prev_angle = math.nan
+        self._warned_zero = False
+
+    # ------------------------------------------------------------------ the interval step
+    @torch.no_grad()
+    def step(self) -> Measurement:
+        """Measure at the end of an interval, decide, and drop when due. Returns the `Measurement`."""
+        cfg = self.config
+        self._interval += 1
+        self._t += 1
+
+        # The snapshot buffer becomes s_t = x_t - x_(t-1) in place; the buffer that held s_(t-1) is
+        # free once the sums are taken and becomes the new snapshot x_t. No third copy is needed.
+        self._snapshot.set_difference(self._params)
+        displacement, spare = self._snapshot, self._displacement
+        dot, norm_sq, prev_norm_sq = displacement.sums(spare if self._t >= 2 else displacement).tolist()
+        spare.copy_from(self._params)
+        self._snapshot, self._displacement = spare, displacement
+
+        finite = math.isfinite(norm_sq)
+        angle = angle_from_sums(dot, norm_sq, prev_norm_sq) if self._t >= 2 else math.nan
+        change = abs(angle - self._prev_angle)
+        self._report_bad_values(finite, norm_sq, prev_norm_sq)
+
+        triggered = dropped = exhausted = False
+        if self._phase == MONITOR:
+            if finite and change < self._threshold:
+                triggered = True
+                self._phase, self._k = AVERAGING, 1
+                self._average = self._snapshot.clone()
+                if self._buffers:
+                    self._buffer_average = FlatCopy.of(self._buffers)
+        elif finite:
+            self._k += 1
+            weight = 2.0 / (self._k + 1)
+            self._average.lerp_(self._snapshot, weight)
+            if self._buffer_average is not None:
+                self._buffer_average.lerp_from(self._buffers, weight)
+
+        if self._phase == AVERAGING and self._k == cfg.drop_delay + 1:
+            dropped = True
+            exhausted = self._drop(angle)
+        else:
+            self._prev_angle = angle
+
+        return Measurement(
+            interval=self._interval,
+            angle=angle,
+            angle_change=change,
+            threshold=self._threshold,
+            phase=self._phase,
+            lr_scale=self._lr.scales[0],
+            dropped=dropped,
+            num_drops=self._num_drops,
+            triggered=triggered,
+            exhausted=exhausted,
+            should_stop=exhausted and cfg.stop_when_exhausted,
+            lrs=tuple(self._lr.current_lrs()),
+        )
+
+    def _drop(self, angle: float) -> bool:
+        cfg = self.config
+        old_lrs = self._lr.current_lrs()
+        old_scale = self._lr.scales[0]
+        if not cfg.dry_run:
+            self._average.copy_to(self._params)
+            if self._buffer_average is not None:
+                self._buffer_average.copy_to(self._buffers)
+        exhausted = self._lr.drop(cfg.drop_factor, apply=not cfg.dry_run)
+        self._threshold = min(cfg.max_threshold, self._threshold / cfg.drop_factor)
+        self._num_drops += 1
+        # Reset the angle history: the (averaged) parameters are the new x_0.
+        self._phase, self._k, self._t = MONITOR, 0, 0
+        self._prev_angle = math.nan
+        self._average = self._buffer_average = None
+        self._snapshot.copy_from(self._params)
+
+        if cfg.dry_run:
+            logger.info(
+                "AutoDrop (dry run): would drop #%d at interval %d: lr scale %.4g -> %.4g, angle %.4f deg",
+                self._num_drops, self._interval, old_scale, self._lr.scales[0], angle,
+            )
+        else:
+            logger.info(
+                "AutoDrop: drop #%d at interval %d: lr %s -> %s, angle %.4f deg, threshold now %.4g deg%s",
+                self._num_drops, self._interval, _fmt(old_lrs), _fmt(self._lr.current_lrs()), angle,
+                self._threshold, " (every group already at its floor)" if exhausted else "",
+            )
+        return exhausted
+
+    def _report_bad_values(self, finite: bool, norm_sq: float, prev_norm_sq: float) -> None:
+        if not finite:
+            logger.warning(
+                "AutoDrop: the parameter displacement at interval %d is NaN/Inf; no trigger or drop at "
+                "this interval, training goes on.", self._interval,
+            )
+        elif norm_sq == 0.0 or (self._t >= 2 and prev_norm_sq == 0.0):
+            if not self._warned_zero:
+                logger.warning(
+                    "AutoDrop: the parameters did not move during interval %d (frozen model or lr 0?); "
+                    "the angle is undefined and nothing is triggered until they move.", self._interval,
+                )
+                self._warned_zero = True
+
+    # ------------------------------------------------------------------ introspection
+    @property
+    def num_drops(self) -> int:
+        return self._num_drops
+
+    @property
+    def phase(self) -> str:
+        return self._phase
+
+    @property
+    def threshold(self) -> float:
+        return self._threshold
+
+    @property
+    def interval(self) -> int:
+        return self._interval
+
+    @property
+    def lr_scales(self) -> list[float]:
+        """Per param group: the product of the drop factors applied so far."""
+        return list(self._lr.scales)
+
+    def state_nbytes(self) -> int:
+        """Bytes held in tensors by AutoDrop right now."""
+        buffers = [self._snapshot, self._displacement, self._average, self._buffer_average]
+        return sum(b.nbytes for b in buffers if b is not None)
+
+    # ------------------------------------------------------------------ checkpointing
+    def state_dict(self) -> dict:
+        """Everything needed to resume exactly: scalars and (references to) the state tensors.
+
+        Like an optimizer's `state_dict()`, the tensors are not copied: save it before the next `step()`.
+        """
+        return {
+            "format": _STATE_FORMAT,
+            "config": self.config.to_dict(),
+            "interval": self._interval,
+            "t": self._t,
+            "k": self._k,
+            "phase": self._phase,
+            "threshold": self._threshold,
+            "num_drops": self._num_drops,
+            "prev_angle": self._prev_angle,
+            "warned_zero": self._warned_zero,
+            "lr": self._lr.state_dict(),
+            "param_shapes": [list(s) for s in self._snapshot.shapes],
+            "snapshot": self._snapshot.state(),
+            "displacement": self._displacement.state(),
+            "average": None if self._average is None else self._average.state(),
+            "buffer_average": None if self._buffer_average is None else self._buffer_average.state(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore a `state_dict()`; raises `ValueError` when it belongs to another model or is damaged."""
+        if not isinstance(state, dict) or state.get("format") != _STATE_FORMAT:
+            raise ValueError(
+                f"not an AutoDrop state (format {state.get('format') if isinstance(state, dict) else type(state).__name__!r}, "
+                f"expected {_STATE_FORMAT})"
+            )
+        shapes = [tuple(s) for s in state["param_shapes"]]
+        if shapes != self._snapshot.shapes:
+            raise ValueError(
+                f"AutoDrop state was saved for {len(shapes)} trainable parameters of shapes {_short(shapes)}, "
+                f"but this model has {len(self._snapshot.shapes)} of shapes {_short(self._snapshot.shapes)}. "
+                "It belongs to another model (or another set of frozen parameters)."
+            )
+        if state["phase"] not in (MONITOR, AVERAGING):
+            raise ValueError(f"AutoDrop state has unknown phase {state['phase']!r}")
+        if state["config"] != self.config.to_dict():
+            changed = {k: (v, getattr(self.config, k)) for k, v in state["config"].items() if getattr(self.config, k, None) != v}
+            logger.warning("AutoDrop: resuming with a changed config (saved -> now): %s", changed)
+        self._snapshot.load(state["snapshot"], "snapshot")
+        self._displacement.load(state["displacement"], "displacement")
+        if state["phase"] == AVERAGING:
+            if state["average"] is None:
+                raise ValueError("AutoDrop state is averaging but holds no average")
+            self._average = FlatCopy(self._params)
+            self._average.load(state["average"], "average")
+            self._buffer_average = None
+            if self._buffers and state["buffer_average"] is not None:
+                self._buffer_average = FlatCopy(self._buffers)
+                self._buffer_average.load(state["buffer_average"], "buffer_average")
+        else:
+            self._average = self._buffer_average = None
+        self._lr.load_state_dict(state["lr"])
+        self._interval = int(state["interval"])
+        self._t = int(state["t"])
+        self._k = int(state["k"])
+        self._phase = state["phase"]
+        self._threshold = float(state["threshold"])
+        self._num_drops = int(state["num_drops"])
+        self._prev_angle = float(state["prev_angle"])
+        self._warned_zero = bool(state["warned_zero"])
+
+
+def _fmt(lrs: list[float]) -> str:
+    return "[" + ", ".join(f"{lr:.4g}" for lr in lrs) + "]" if len(lrs) > 1 else f"{lrs[0]:.4g}"
+
+
+def _short(shapes: list[tuple]) -> str:
+    return str(shapes) if len(shapes) <= 6 else f"{shapes[:3]} ... {shapes[-2:]}"

@@ -1,0 +1,147 @@
+"""Applying a drop to an optimizer so that its learning-rate scheduler keeps it.
+
+A `LambdaLR` (every schedule `transformers.get_scheduler` builds) recomputes
+`lr = base_lr * lambda(step)` at every step, so writing `param_groups[i]["lr"]` alone is undone at
+the next step. Chainable schedulers (`StepLR`, `MultiStepLR`, `ExponentialLR`, ...) instead update
+from the current `param_groups[i]["lr"]`. Scaling both `base_lrs[i]` and the current lr by the same
+factor is kept by both kinds, keeps the scheduler's own shape (warm-up, steps) multiplied by the
+drops, and survives the scheduler's own `state_dict()` on resume.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+
+__all__ = ["LRGroups", "dropped_lr", "unwrap_optimizer", "unwrap_scheduler"]
+
+# Schedulers that own the lr themselves and would silently undo (or fight) a drop.
+_UNSUPPORTED = ("ReduceLROnPlateau", "OneCycleLR", "CyclicLR", "GreedyLR")
+
+
+def unwrap_optimizer(optimizer):
+    """The torch optimizer behind wrappers such as accelerate's `AcceleratedOptimizer`."""
+    while not isinstance(optimizer, torch.optim.Optimizer) and hasattr(optimizer, "optimizer"):
+        optimizer = optimizer.optimizer
+    return optimizer
+
+
+def unwrap_scheduler(scheduler):
+    """The torch scheduler behind wrappers such as accelerate's `AcceleratedScheduler`."""
+    while scheduler is not None and not hasattr(scheduler, "base_lrs") and hasattr(scheduler, "scheduler"):
+        scheduler = scheduler.scheduler
+    return scheduler
+
+
+def _all_schedulers(scheduler) -> Iterator:
+    """The scheduler and, for `SequentialLR`/`ChainedScheduler`, the schedulers inside it."""
+    yield scheduler
+    for child in getattr(scheduler, "_schedulers", ()):
+        yield from _all_schedulers(child)
+
+
+def dropped_lr(lr: float, floor: float, drop_factor: float) -> float:
+    """`max(floor, drop_factor * lr)`, never above `lr`; an lr within 1e-9 of its floor counts as at it.
+
+    The tolerance keeps repeated multiplication (0.05 * 0.1**3 = 5.000000000000001e-05) from leaving
+    an lr one rounding error above its floor, where it would "drop" by 1e-16 instead of being exhausted.
+    """
+    if lr <= floor * (1.0 + 1e-9):
+        return lr
+    return max(floor, drop_factor * lr)
+
+
+def drop_factor_at(lr: float, floor: float, drop_factor: float) -> float:
+    """The factor `dropped_lr(lr, ...) / lr` (1.0 for an lr of 0)."""
+    return dropped_lr(lr, floor, drop_factor) / lr if lr > 0 else 1.0
+
+
+class LRGroups:
+    """The learning rates AutoDrop owns: one "base lr" per param group, its floor and its drop scale.
+
+    The base lr of group `i` is `scheduler.base_lrs[i]` when a scheduler is given (the peak of the
+    schedule), else the group's current lr.
+    """
+
+    def __init__(self, optimizer, scheduler=None, min_lr: float | None = None):
+        self.optimizer = unwrap_optimizer(optimizer)
+        if not hasattr(self.optimizer, "param_groups"):
+            raise TypeError(f"optimizer must be a torch Optimizer, got {type(optimizer).__name__}")
+        self.scheduler = unwrap_scheduler(scheduler)
+        if self.scheduler is not None and not callable(getattr(self.scheduler, "step", None)):
+            raise TypeError(f"scheduler must be a torch LRScheduler (or None), got {type(self.scheduler).__name__}")
+        if self.scheduler is not None:
+            names = {type(s).__name__ for s in _all_schedulers(self.scheduler)}
+            bad = names.intersection(_UNSUPPORTED)
+            if bad or self._base_lr_owner() is None:
+                raise ValueError(
+                    f"AutoDrop cannot work with {sorted(bad) or type(self.scheduler).__name__}: this scheduler "
+                    "sets the learning rate itself and would undo or fight every drop. Use no scheduler, a "
+                    "constant one (optionally with warm-up, e.g. get_constant_schedule_with_warmup) or any "
+                    "LambdaLR/StepLR-like scheduler."
+                )
+        for i, group in enumerate(self.optimizer.param_groups):
+            lr = group.get("lr")
+            if isinstance(lr, torch.Tensor):
+                raise TypeError(f"param group {i} has a tensor lr; AutoDrop needs a Python float lr")
+            if lr is None or not isinstance(lr, (int, float)):
+                raise ValueError(
+                    f"param group {i} has lr={lr!r}; AutoDrop needs an explicit learning rate in every param "
+                    "group (for transformers' Adafactor pass lr=... with relative_step=False)."
+                )
+        self.initial = self.base_lrs()
+        self.floors = [min_lr if min_lr is not None else 1e-3 * lr for lr in self.initial]
+        self.scales = [1.0] * len(self.initial)
+
+    def _base_lr_owner(self):
+        """The (first) scheduler holding `base_lrs`: `SequentialLR` itself has none, its children do."""
+        return next((s for s in _all_schedulers(self.scheduler) if hasattr(s, "base_lrs")), None)
+
+    def base_lrs(self) -> list[float]:
+        if self.scheduler is not None:
+            return [float(lr) for lr in self._base_lr_owner().base_lrs]
+        return [float(g["lr"]) for g in self.optimizer.param_groups]
+
+    def current_lrs(self) -> list[float]:
+        return [float(g["lr"]) for g in self.optimizer.param_groups]
+
+    def drop(self, drop_factor: float, apply: bool) -> bool:
+        """Drop every group's base lr to `max(floor, drop_factor * base)` (never raising it).
+
+        With `apply=False` (dry run) only the virtual scales move. Returns True when no group could
+        drop any further (every group was already at its floor).
+        """
+        bases = self.base_lrs()
+        if not apply:  # the lrs were never changed: the virtual base is the real one times the scale
+            bases = [b * s for b, s in zip(bases, self.scales)]
+        factors = [drop_factor_at(base, floor, drop_factor) for base, floor in zip(bases, self.floors)]
+        self.scales = [s * f for s, f in zip(self.scales, factors)]
+        if apply:
+            self._scale(factors)
+        return all(f == 1.0 for f in factors)
+
+    def _scale(self, factors: list[float]) -> None:
+        for group, f in zip(self.optimizer.param_groups, factors):
+            group["lr"] = group["lr"] * f
+        if self.scheduler is None:
+            return
+        for sched in _all_schedulers(self.scheduler):
+            if hasattr(sched, "base_lrs"):
+                sched.base_lrs = [b * f for b, f in zip(sched.base_lrs, factors)]
+            if hasattr(sched, "_last_lr"):
+                # What get_last_lr() (and the Trainer's logged learning_rate) reports until the next step.
+                sched._last_lr = [float(g["lr"]) for g in self.optimizer.param_groups]
+
+    def state_dict(self) -> dict:
+        return {"initial": list(self.initial), "floors": list(self.floors), "scales": list(self.scales)}
+
+    def load_state_dict(self, state: dict) -> None:
+        n = len(self.optimizer.param_groups)
+        if any(len(state[k]) != n for k in ("initial", "floors", "scales")):
+            raise ValueError(
+                f"AutoDrop state has {len(state['initial'])} param groups but the optimizer has {n}"
+            )
+        self.initial = [float(x) for x in state["initial"]]
+        self.floors = [float(x) for x in state["floors"]]
+        self.scales = [float(x) for x in state["scales"]]
