@@ -351,7 +351,10 @@ class AutoDrop:
 
 
 def _fmt(lrs: list[float]) -> str:
-    return "[" + ", ".join(f"{lr:.4g}" for lr in lrs) + "]" if len(lrs) > 1 else f"{lrs[0]:.4g}"
+    """One number when every group shares it (the Trainer's decay/no-decay split), else the list."""
+    if len(set(lrs)) == 1:
+        return f"{lrs[0]:.4g}"
+    return "[" + ", ".join(f"{lr:.4g}" for lr in lrs) + "]"
 
 
 def _short(shapes: list[tuple]) -> str:

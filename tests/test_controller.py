@@ -412,3 +412,26 @@ def test_config_object_and_overrides():
         AutoDrop(params, torch.optim.SGD(params, lr=0.1), AutoDropConfig())
     with pytest.raises(TypeError, match="LRScheduler"):
         AutoDrop(params, torch.optim.SGD(params, lr=0.1), {"drop_factor": 0.5})
+
+
+def test_fp16_autocast_with_grad_scaler_and_bf16_parameters():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2))
+    half = torch.nn.Linear(8, 2).to(torch.bfloat16)  # a pure-bf16 module: snapshots are still float32
+    params = list(model.parameters()) + list(half.parameters())
+    opt = torch.optim.SGD(params, lr=0.05, momentum=0.9)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8)
+    ad = AutoDrop(params, opt, threshold=180.0, max_threshold=180.0, drop_delay=1)
+    assert all(view.dtype == torch.float32 for view in ad.state_dict()["snapshot"])
+    for _ in range(4):
+        for _ in range(5):
+            x = torch.randn(16, 8)
+            with torch.autocast("cpu", dtype=torch.float16):
+                loss = model(x).square().mean() + half(x.bfloat16()).float().square().mean()
+            opt.zero_grad()
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+        m = ad.step()
+    assert m.dropped and opt.param_groups[0]["lr"] == pytest.approx(0.005)
+    assert all(torch.isfinite(p).all() for p in params)

@@ -1,0 +1,375 @@
+"""AutoDropCallback inside a real `transformers.Trainer` on scikit-learn's digits (CPU)."""
+
+import math
+import os
+
+import pytest
+import torch
+from transformers import TrainerCallback
+from transformers.trainer_utils import SchedulerType
+
+from hf_autodrop import AutoDropCallback
+from hf_autodrop.callback import STATE_FILE, install
+
+from .helpers import ALWAYS, MLP, autodrop_entries, make_trainer
+
+KEYS = {"autodrop/angle", "autodrop/angle_change", "autodrop/threshold", "autodrop/lr_scale", "autodrop/phase",
+        "autodrop/num_drops"}
+STEPS_PER_EPOCH = 8  # 256 examples / batch 32
+
+
+def _callback(trainer) -> AutoDropCallback:
+    return next(c for c in trainer.callback_handler.callbacks if isinstance(c, AutoDropCallback))
+
+
+class _LrRecorder(TrainerCallback):
+    """The lr each optimizer step used."""
+
+    def __init__(self):
+        self.lrs = []
+
+    def on_pre_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
+        self.lrs.append([g["lr"] for g in optimizer.param_groups])
+
+
+class TestLogging:
+    def test_every_epoch_logs_the_spec_keys(self, tmp_path):
+        trainer = make_trainer(tmp_path, [AutoDropCallback(drop_delay=1, **ALWAYS)])
+        trainer.train()
+        entries = autodrop_entries(trainer)
+        assert [e["step"] for e in entries] == [STEPS_PER_EPOCH * k for k in range(1, 7)]
+        assert all(KEYS <= set(e) for e in entries)
+        assert [e["autodrop/num_drops"] for e in entries] == [0, 0, 0, 1, 1, 1]
+        assert [e["autodrop/phase"] for e in entries] == [0, 0, 1, 0, 0, 0]
+
+    def test_interval_steps_counts_optimizer_updates(self, tmp_path):
+        trainer = make_trainer(tmp_path, [AutoDropCallback(interval_steps=5, **ALWAYS)], num_train_epochs=3,
+                               gradient_accumulation_steps=2)
+        trainer.train()
+        # 256 / 32 = 8 batches = 4 optimizer updates per epoch, 12 in all.
+        assert trainer.state.global_step == 12
+        assert [e["step"] for e in autodrop_entries(trainer)] == [5, 10]
+
+    def test_metrics_reach_tensorboard_through_install(self, tmp_path, monkeypatch):
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        monkeypatch.setenv("TENSORBOARD_LOGGING_DIR", str(tmp_path / "tb"))
+        trainer = make_trainer(tmp_path, [], report_to=["tensorboard"])
+        install(trainer, drop_delay=1, **ALWAYS)
+        trainer.train()
+        events = EventAccumulator(str(tmp_path / "tb"))
+        events.Reload()
+        tags = set(events.Tags()["scalars"])
+        assert {"train/" + k for k in KEYS} <= tags or KEYS <= tags
+        tag = "train/autodrop/num_drops" if "train/autodrop/num_drops" in tags else "autodrop/num_drops"
+        scalars = events.Scalars(tag)
+        assert [s.step for s in scalars] == [STEPS_PER_EPOCH * k for k in range(1, 7)]
+        assert [s.value for s in scalars] == [0, 0, 0, 1, 1, 1]
+        # Through trainer.log, the entries are also in log_history, once each.
+        assert len(autodrop_entries(trainer)) == 6
+
+    def test_drop_is_one_info_line(self, tmp_path, autodrop_logs):
+        make_trainer(tmp_path, [AutoDropCallback(drop_delay=1, drop_factor=0.5, **ALWAYS)]).train()
+        lines = [r.getMessage() for r in autodrop_logs.records if "drop #" in r.getMessage()]
+        assert len(lines) == 1
+        assert "interval 4" in lines[0] and "lr 0.05 -> 0.025" in lines[0] and "angle" in lines[0]
+
+
+@pytest.mark.parametrize(
+    "optim, optimizer",
+    [
+        ("sgd", None),
+        (None, lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9)),
+        (None, lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, nesterov=True)),
+        ("adamw_torch", None),
+        ("adafactor", None),
+    ],
+    ids=["sgd", "momentum", "nesterov", "adamw", "adafactor"],
+)
+def test_any_optimizer(tmp_path, optim, optimizer):
+    model = MLP()
+    overrides = {"optim": optim} if optim else {}
+    optimizers = (optimizer(model.parameters()), None) if optimizer else (None, None)
+    recorder = _LrRecorder()
+    trainer = make_trainer(tmp_path, [AutoDropCallback(drop_delay=1, drop_factor=0.2, **ALWAYS), recorder],
+                           model=model, optimizers=optimizers, **overrides)
+    trainer.train()
+    lrs = [lr[0] for lr in recorder.lrs]
+    assert lrs[: 4 * STEPS_PER_EPOCH] == pytest.approx([0.05] * 4 * STEPS_PER_EPOCH)
+    assert lrs[4 * STEPS_PER_EPOCH :] == pytest.approx([0.01] * 2 * STEPS_PER_EPOCH)
+
+
+_SCHEDULE_KWARGS = {
+    "cosine_with_min_lr": {"min_lr_rate": 0.1},
+    "cosine_warmup_with_min_lr": {"min_lr_rate": 0.1},
+    "warmup_stable_decay": {"num_decay_steps": 10},
+}
+_LAMBDA_SCHEDULES = [s.value for s in SchedulerType if s.value not in ("reduce_lr_on_plateau", "greedy")]
+
+
+@pytest.mark.parametrize("schedule", _LAMBDA_SCHEDULES)
+def test_every_lambda_schedule_keeps_the_drops(tmp_path, schedule, autodrop_logs):
+    recorder = _LrRecorder()
+    trainer = make_trainer(
+        tmp_path, [AutoDropCallback(drop_delay=1, drop_factor=0.5, **ALWAYS), recorder],
+        lr_scheduler_type=schedule, lr_scheduler_kwargs=_SCHEDULE_KWARGS.get(schedule, {}), warmup_steps=4,
+    )
+    trainer.train()
+    # The same schedule without AutoDrop: every lr after the drop is exactly half of it.
+    base = _LrRecorder()
+    make_trainer(tmp_path / "base", [base], lr_scheduler_type=schedule,
+                 lr_scheduler_kwargs=_SCHEDULE_KWARGS.get(schedule, {}), warmup_steps=4).train()
+    split = 4 * STEPS_PER_EPOCH
+    assert [lr[0] for lr in recorder.lrs[:split]] == pytest.approx([lr[0] for lr in base.lrs[:split]])
+    assert [lr[0] for lr in recorder.lrs[split:]] == pytest.approx([0.5 * lr[0] for lr in base.lrs[split:]])
+    warnings = [r for r in autodrop_logs.records if "expects a constant learning rate" in r.getMessage()]
+    assert len(warnings) == (0 if schedule in ("constant", "constant_with_warmup") else 1)
+
+
+def test_constant_with_warmup_after_d_drops_is_warmup_times_factor_power_d(tmp_path):
+    recorder = _LrRecorder()
+    warmup = 20
+    trainer = make_trainer(tmp_path, [AutoDropCallback(drop_delay=0, drop_factor=0.1, **ALWAYS), recorder],
+                           lr_scheduler_type="constant_with_warmup", warmup_steps=warmup, num_train_epochs=10)
+    trainer.train()
+    drops_before = lambda step: min(3, step // (3 * STEPS_PER_EPOCH))  # noqa: E731 - drops at epochs 3, 6, 9 (floor 1e-3)
+    for step, lrs in enumerate(recorder.lrs):
+        shape = min(1.0, step / warmup)
+        assert lrs[0] == pytest.approx(0.05 * shape * max(1e-3, 0.1 ** drops_before(step))), step
+    assert _callback(trainer).autodrop.num_drops == 3
+
+
+@pytest.mark.parametrize("schedule", ["reduce_lr_on_plateau", "greedy"])
+def test_metric_driven_schedules_are_refused(tmp_path, schedule):
+    with pytest.raises(ValueError, match="fight AutoDrop"):
+        make_trainer(tmp_path, [AutoDropCallback()], lr_scheduler_type=schedule, eval_strategy="epoch")
+
+
+def test_param_groups_drop_and_floor_on_their_own(tmp_path):
+    model = MLP()
+    opt = torch.optim.SGD([{"params": model.fc1.parameters(), "lr": 0.05},
+                           {"params": list(model.bn.parameters()) + list(model.fc2.parameters()), "lr": 0.002}])
+    recorder = _LrRecorder()
+    trainer = make_trainer(tmp_path, [AutoDropCallback(drop_delay=0, drop_factor=0.1, min_lr=1e-3, **ALWAYS), recorder],
+                           model=model, optimizers=(opt, None))
+    trainer.train()
+    # Drops at epochs 3 and 6: group 0 goes 0.05 -> 0.005 -> 0.001 (floor), group 1 0.002 -> 0.001 -> 0.001.
+    assert recorder.lrs[3 * STEPS_PER_EPOCH] == pytest.approx([5e-3, 1e-3])
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([1e-3, 1e-3])
+
+
+def _clean(entries):
+    """Log entries comparable with ==: NaN becomes None."""
+    return [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in e.items()} for e in entries]
+
+
+def _lr_entries(trainer):
+    return [(h["step"], h["learning_rate"]) for h in trainer.state.log_history if "learning_rate" in h]
+
+
+class TestResume:
+    EPOCHS = 10
+    CONFIG = dict(drop_delay=2, drop_factor=0.5, threshold=60.0, max_threshold=120.0)
+
+    @pytest.fixture(scope="class")
+    def straight(self, tmp_path_factory):
+        out = tmp_path_factory.mktemp("straight")
+        trainer = make_trainer(out, [AutoDropCallback(**self.CONFIG)], num_train_epochs=self.EPOCHS,
+                               save_strategy="epoch", restore_callback_states_from_checkpoint=True)
+        trainer.train()
+        params = [p.detach().clone() for p in trainer.model.parameters()]
+        return out, trainer, params
+
+    def test_the_straight_run_drops_and_averages(self, straight):
+        _, trainer, _ = straight
+        entries = autodrop_entries(trainer)
+        assert entries[-1]["autodrop/num_drops"] >= 2 and any(e["autodrop/phase"] == 1 for e in entries)
+
+    # Straight run: trigger at epochs 3 and 8, averaging at 4 and 9, drops at 5 and 10. Stopping covers
+    # monitor, the first angle, the trigger, inside the averaging window, the drop, and after the reset.
+    @pytest.mark.parametrize("stop_epoch", [1, 2, 3, 4, 5, 7, 9])
+    def test_resume_from_any_epoch_is_exact(self, straight, tmp_path, stop_epoch):
+        out, full, full_params = straight
+        resumed = make_trainer(out, [AutoDropCallback(**self.CONFIG)], num_train_epochs=self.EPOCHS,
+                               save_strategy="no", restore_callback_states_from_checkpoint=True)
+        resumed.train(resume_from_checkpoint=str(out / f"checkpoint-{stop_epoch * STEPS_PER_EPOCH}"))
+        assert _clean(autodrop_entries(resumed)) == _clean(autodrop_entries(full))
+        assert _lr_entries(resumed) == _lr_entries(full)
+        for p, q in zip(resumed.model.parameters(), full_params):
+            assert torch.equal(p.detach(), q)
+        cb = _callback(resumed)
+        assert cb.autodrop.interval == self.EPOCHS
+        assert cb.autodrop.num_drops == autodrop_entries(full)[-1]["autodrop/num_drops"]
+
+    def test_checkpoint_holds_the_state_file(self, straight):
+        out, *_ = straight
+        for epoch in range(1, self.EPOCHS + 1):
+            assert (out / f"checkpoint-{epoch * STEPS_PER_EPOCH}" / STATE_FILE).is_file()
+
+    def test_resume_without_the_flag_warns_what_happens(self, straight, tmp_path, autodrop_logs):
+        out, *_ = straight
+        resumed = make_trainer(out, [AutoDropCallback(**self.CONFIG)], num_train_epochs=self.EPOCHS, save_strategy="no")
+        resumed.train(resume_from_checkpoint=str(out / f"checkpoint-{4 * STEPS_PER_EPOCH}"))
+        text = autodrop_logs.text
+        assert "restore_callback_states_from_checkpoint=True" in text and "fresh history" in text
+        assert _callback(resumed).autodrop.interval == self.EPOCHS - 4
+
+    def test_missing_state_file_warns(self, straight, tmp_path, autodrop_logs):
+        import shutil
+
+        out, *_ = straight
+        copy = tmp_path / "copy"
+        shutil.copytree(out / f"checkpoint-{4 * STEPS_PER_EPOCH}", copy / f"checkpoint-{4 * STEPS_PER_EPOCH}")
+        (copy / f"checkpoint-{4 * STEPS_PER_EPOCH}" / STATE_FILE).unlink()
+        # Also hide the original file, which the checkpoint's trainer_state.json points to.
+        original = out / f"checkpoint-{4 * STEPS_PER_EPOCH}" / STATE_FILE
+        hidden = original.with_suffix(".hidden")
+        original.rename(hidden)
+        try:
+            resumed = make_trainer(copy, [AutoDropCallback(**self.CONFIG)], num_train_epochs=5, save_strategy="no",
+                                   restore_callback_states_from_checkpoint=True)
+            resumed.train(resume_from_checkpoint=str(copy / f"checkpoint-{4 * STEPS_PER_EPOCH}"))
+        finally:
+            hidden.rename(original)
+        assert "is missing" in autodrop_logs.text and "fresh history" in autodrop_logs.text
+
+    def test_corrupt_state_file_is_an_error(self, straight, tmp_path):
+        import shutil
+
+        out, *_ = straight
+        ckpt = tmp_path / f"checkpoint-{4 * STEPS_PER_EPOCH}"
+        shutil.copytree(out / ckpt.name, ckpt)
+        (ckpt / STATE_FILE).write_bytes(b"not a torch file")
+        self._point_state_at(ckpt)
+        resumed = make_trainer(tmp_path, [AutoDropCallback(**self.CONFIG)], num_train_epochs=5, save_strategy="no",
+                               restore_callback_states_from_checkpoint=True)
+        with pytest.raises(RuntimeError, match="unreadable"):
+            resumed.train(resume_from_checkpoint=str(ckpt))
+
+    def test_state_of_other_parameter_shapes_is_an_error(self, straight, tmp_path):
+        import shutil
+
+        from hf_autodrop import AutoDrop
+
+        out, *_ = straight
+        ckpt = tmp_path / f"checkpoint-{4 * STEPS_PER_EPOCH}"
+        shutil.copytree(out / ckpt.name, ckpt)
+        payload = torch.load(ckpt / STATE_FILE, weights_only=True)
+        other = MLP(hidden=16)
+        payload["autodrop"] = {**AutoDrop(other, torch.optim.SGD(other.parameters(), lr=0.1)).state_dict(),
+                               "interval": payload["autodrop"]["interval"]}
+        torch.save(payload, ckpt / STATE_FILE)
+        self._point_state_at(ckpt)
+        resumed = make_trainer(tmp_path, [AutoDropCallback(**self.CONFIG)], num_train_epochs=5, save_strategy="no",
+                               restore_callback_states_from_checkpoint=True)
+        with pytest.raises(ValueError, match="belongs to another model"):
+            resumed.train(resume_from_checkpoint=str(ckpt))
+
+    @staticmethod
+    def _point_state_at(ckpt):
+        """Make the copied checkpoint's trainer_state.json record the copy's AutoDrop file."""
+        import json
+
+        path = ckpt / "trainer_state.json"
+        state = json.loads(path.read_text())
+        state["stateful_callbacks"]["AutoDropCallback"]["attributes"]["_checkpoint"]["file"] = str(ckpt / STATE_FILE)
+        path.write_text(json.dumps(state))
+
+
+class _Poison(TrainerCallback):
+    """Writes NaN into one weight at the end of a given epoch."""
+
+    def __init__(self, epoch):
+        self.epoch = epoch
+
+    def on_epoch_end(self, args, state, control, model=None, **kwargs):
+        if round(state.epoch) == self.epoch:
+            with torch.no_grad():
+                model.fc2.weight[0, 0] = float("nan")
+
+
+class TestOddRuns:
+    def test_nan_parameters_warn_and_training_goes_on(self, tmp_path, autodrop_logs):
+        trainer = make_trainer(tmp_path, [_Poison(2), AutoDropCallback(drop_delay=0, **ALWAYS)])
+        trainer.train()
+        entries = autodrop_entries(trainer)
+        assert trainer.state.global_step == 6 * STEPS_PER_EPOCH
+        assert all(e["autodrop/num_drops"] == 0 for e in entries)
+        assert "NaN/Inf" in autodrop_logs.text
+
+    def test_frozen_parameters_are_ignored(self, tmp_path):
+        model = MLP()
+        model.fc1.requires_grad_(False)
+        trainer = make_trainer(tmp_path, [AutoDropCallback(drop_delay=1, **ALWAYS)], model=model)
+        trainer.train()
+        trainable = sum(p.numel() * 4 for p in model.parameters() if p.requires_grad)
+        assert _callback(trainer).autodrop.state_nbytes() == 2 * trainable
+        assert autodrop_entries(trainer)[-1]["autodrop/num_drops"] == 1
+
+    def test_no_trainable_parameters_is_an_error_at_train_start(self, tmp_path):
+        model = MLP()
+        opt = torch.optim.SGD(model.parameters(), lr=0.05)
+        model.requires_grad_(False)
+        trainer = make_trainer(tmp_path, [AutoDropCallback()], model=model, optimizers=(opt, None))
+        with pytest.raises(ValueError, match="no trainable parameters"):
+            trainer.train()
+
+    def test_max_steps_ends_partial_epochs(self, tmp_path):
+        trainer = make_trainer(tmp_path, [AutoDropCallback(drop_delay=0, **ALWAYS)], max_steps=3 * STEPS_PER_EPOCH + 3)
+        trainer.train()
+        assert [e["step"] for e in autodrop_entries(trainer)] == [8, 16, 24, 27]
+
+    @pytest.mark.parametrize("eval_strategy", ["no", "epoch"])
+    def test_evaluation_on_or_off(self, tmp_path, eval_strategy):
+        trainer = make_trainer(tmp_path, [AutoDropCallback(drop_delay=1, **ALWAYS)], eval_strategy=eval_strategy)
+        trainer.train()
+        evals = [h for h in trainer.state.log_history if "eval_loss" in h]
+        assert len(evals) == (6 if eval_strategy == "epoch" else 0)
+        assert len(autodrop_entries(trainer)) == 6 and autodrop_entries(trainer)[-1]["autodrop/num_drops"] == 1
+
+    @pytest.mark.parametrize("precision", ["bf16", "fp16"])
+    def test_mixed_precision(self, tmp_path, precision):
+        model, seen = MLP(), set()
+        model.fc1.register_forward_hook(lambda module, inputs, output: seen.add(output.dtype))
+        trainer = make_trainer(tmp_path, [AutoDropCallback(drop_delay=1, **ALWAYS)], model=model, **{precision: True})
+        trainer.train()
+        if precision == "bf16":
+            assert seen == {torch.bfloat16}  # CPU autocast really ran in bf16
+        entries = autodrop_entries(trainer)
+        assert all(math.isfinite(e["autodrop/angle"]) for e in entries[1:4])
+        assert entries[-1]["autodrop/num_drops"] == 1
+
+    def test_dry_run_leaves_training_untouched(self, tmp_path, autodrop_logs):
+        plain = make_trainer(tmp_path / "plain", [])
+        plain.train()
+        dry = make_trainer(tmp_path / "dry", [AutoDropCallback(dry_run=True, drop_delay=1, drop_factor=0.5, **ALWAYS)])
+        dry.train()
+        for p, q in zip(plain.model.parameters(), dry.model.parameters()):
+            assert torch.equal(p, q)
+        entries = autodrop_entries(dry)
+        assert entries[-1]["autodrop/num_drops"] == 1 and entries[-1]["autodrop/lr_scale"] == 0.5
+        assert "would drop" in autodrop_logs.text
+
+    def test_stop_when_exhausted_ends_training(self, tmp_path):
+        trainer = make_trainer(tmp_path, [AutoDropCallback(drop_delay=1, min_lr=0.05, stop_when_exhausted=True, **ALWAYS)])
+        trainer.train()
+        assert trainer.state.global_step == 4 * STEPS_PER_EPOCH
+        assert autodrop_entries(trainer)[-1]["autodrop/num_drops"] == 1
+
+    def test_too_short_run_warns_and_says_what_to_change(self, tmp_path, autodrop_logs):
+        make_trainer(tmp_path, [AutoDropCallback()], num_train_epochs=5).train()
+        assert "no drop can happen" in autodrop_logs.text and "interval_steps=" in autodrop_logs.text
+
+
+def test_decaying_schedule_warns_once_at_init(tmp_path, autodrop_logs):
+    trainer = make_trainer(tmp_path, [AutoDropCallback(drop_delay=1, **ALWAYS)], lr_scheduler_type="linear")
+    trainer.train()
+    assert autodrop_logs.text.count("expects a constant learning rate") == 1
+
+
+def test_plain_trainer_without_autodrop_imports_nothing_extra():
+    import subprocess
+    import sys
+
+    code = "import sys, hf_autodrop; assert 'transformers' not in sys.modules, 'core imported transformers'"
+    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ})
