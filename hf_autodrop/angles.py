@@ -96,7 +96,9 @@ def angle_degrees(a: torch.Tensor | Sequence[torch.Tensor], b: torch.Tensor | Se
         raise ValueError(f"a and b must hold the same number of tensors, got {len(a_list)} and {len(b_list)}")
     for x, y in zip(a_list, b_list):
         if x.numel() != y.numel():
-            raise ValueError(f"paired tensors must have the same number of elements: {tuple(x.shape)} vs {tuple(y.shape)}")
+            raise ValueError(
+                f"paired tensors must have the same number of elements: {tuple(x.shape)} vs {tuple(y.shape)}"
+            )
         if not (x.is_floating_point() and y.is_floating_point()):
             raise TypeError(f"angle_degrees needs floating-point tensors, got {x.dtype} and {y.dtype}")
     dot, na, nb = partial_sums(a_list, b_list).tolist()

@@ -129,7 +129,9 @@ class AutoDropCallback(TrainerCallback, ExportableState):
             return control
         path = self._state_path(args.output_dir, state.global_step)
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        torch.save({"run_id": self._run_id, "global_step": state.global_step, "autodrop": self.autodrop.state_dict()}, path)
+        torch.save(
+            {"run_id": self._run_id, "global_step": state.global_step, "autodrop": self.autodrop.state_dict()}, path
+        )
         return control
 
     @staticmethod
@@ -165,7 +167,8 @@ class AutoDropCallback(TrainerCallback, ExportableState):
             logger.warning(
                 "AutoDrop expects a constant learning rate between drops, but lr_scheduler_type=%r decays by "
                 "itself; AutoDrop's drops multiply that schedule. Set lr_scheduler_type='constant' (or "
-                "'constant_with_warmup') to let AutoDrop alone decide when the lr goes down.", name,
+                "'constant_with_warmup') to let AutoDrop alone decide when the lr goes down.",
+                name,
             )
 
     def _warn_if_too_short(self, state) -> None:
@@ -180,7 +183,12 @@ class AutoDropCallback(TrainerCallback, ExportableState):
             logger.warning(
                 "AutoDrop: this run plans %d %s, but the earliest possible drop comes after drop_delay + 3 = %d "
                 "intervals, so no drop can happen. Measure more often, e.g. interval_steps=%d (the run has %d "
-                "optimizer steps), or lower drop_delay.", planned, unit, needed, suggestion, state.max_steps,
+                "optimizer steps), or lower drop_delay.",
+                planned,
+                unit,
+                needed,
+                suggestion,
+                state.max_steps,
             )
 
     def _resume(self, args, state) -> None:
@@ -192,7 +200,8 @@ class AutoDropCallback(TrainerCallback, ExportableState):
                 "AutoDrop entry). AutoDrop starts a fresh history from the current parameters: the lr the "
                 "checkpoint already holds becomes its new initial lr, the threshold restarts at %g and the "
                 "drop count at 0. Set restore_callback_states_from_checkpoint=True to resume exactly.",
-                state.global_step, self.config.threshold,
+                state.global_step,
+                self.config.threshold,
             )
             return
         # The recorded path first (resuming from a checkpoint elsewhere), then the usual place.
@@ -203,14 +212,20 @@ class AutoDropCallback(TrainerCallback, ExportableState):
                 "AutoDrop: the checkpoint records AutoDrop state (interval %d, %d drops) but %s is missing. "
                 "AutoDrop starts a fresh history from the current parameters (threshold %g, drop count 0); "
                 "keep %s beside the checkpoint's other files to resume exactly.",
-                info["interval"], info["num_drops"], path, self.config.threshold, STATE_FILE,
+                info["interval"],
+                info["num_drops"],
+                path,
+                self.config.threshold,
+                STATE_FILE,
             )
             return
         try:
             payload = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # noqa: BLE001 - any unreadable file is reported the same way
-            raise RuntimeError(f"AutoDrop state file {path} is unreadable ({err}); delete it to restart "
-                               "AutoDrop's history, or restore it from a backup") from err
+            raise RuntimeError(
+                f"AutoDrop state file {path} is unreadable ({err}); delete it to restart "
+                "AutoDrop's history, or restore it from a backup"
+            ) from err
         if not isinstance(payload, dict) or "autodrop" not in payload:
             raise ValueError(f"{path} is not an AutoDrop state file")
         if payload.get("run_id") != info["run_id"] or payload["autodrop"].get("interval") != info["interval"]:
@@ -227,7 +242,10 @@ class AutoDropCallback(TrainerCallback, ExportableState):
         self.measurements = []
         logger.info(
             "AutoDrop: resumed from %s (interval %d, %d drops, phase %s)",
-            path, self.autodrop.interval, self.autodrop.num_drops, self.autodrop.phase,
+            path,
+            self.autodrop.interval,
+            self.autodrop.num_drops,
+            self.autodrop.phase,
         )
 
 

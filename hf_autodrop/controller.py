@@ -231,13 +231,22 @@ class AutoDrop:
         if cfg.dry_run:
             logger.info(
                 "AutoDrop (dry run): would drop #%d at interval %d: lr scale %.4g -> %.4g, angle %.4f deg",
-                self._num_drops, self._interval, old_scale, self._lr.scales[0], angle,
+                self._num_drops,
+                self._interval,
+                old_scale,
+                self._lr.scales[0],
+                angle,
             )
         else:
             logger.info(
                 "AutoDrop: drop #%d at interval %d: lr %s -> %s, angle %.4f deg, threshold now %.4g deg%s",
-                self._num_drops, self._interval, _fmt(old_lrs), _fmt(self._lr.current_lrs()), angle,
-                self._threshold, " (every group already at its floor)" if exhausted else "",
+                self._num_drops,
+                self._interval,
+                _fmt(old_lrs),
+                _fmt(self._lr.current_lrs()),
+                angle,
+                self._threshold,
+                " (every group already at its floor)" if exhausted else "",
             )
         return exhausted
 
@@ -245,13 +254,15 @@ class AutoDrop:
         if not finite:
             logger.warning(
                 "AutoDrop: the parameter displacement at interval %d is NaN/Inf; no trigger or drop at "
-                "this interval, training goes on.", self._interval,
+                "this interval, training goes on.",
+                self._interval,
             )
         elif norm_sq == 0.0 or (self._t >= 2 and prev_norm_sq == 0.0):
             if not self._warned_zero:
                 logger.warning(
                     "AutoDrop: the parameters did not move during interval %d (frozen model or lr 0?); "
-                    "the angle is undefined and nothing is triggered until they move.", self._interval,
+                    "the angle is undefined and nothing is triggered until they move.",
+                    self._interval,
                 )
                 self._warned_zero = True
 
@@ -324,7 +335,11 @@ class AutoDrop:
         if state["phase"] not in (MONITOR, AVERAGING):
             raise ValueError(f"AutoDrop state has unknown phase {state['phase']!r}")
         if state["config"] != self.config.to_dict():
-            changed = {k: (v, getattr(self.config, k)) for k, v in state["config"].items() if getattr(self.config, k, None) != v}
+            changed = {
+                k: (v, getattr(self.config, k))
+                for k, v in state["config"].items()
+                if getattr(self.config, k, None) != v
+            }
             logger.warning("AutoDrop: resuming with a changed config (saved -> now): %s", changed)
         self._snapshot.load(state["snapshot"], "snapshot")
         self._displacement.load(state["displacement"], "displacement")

@@ -139,9 +139,7 @@ class LRGroups:
     def load_state_dict(self, state: dict) -> None:
         n = len(self.optimizer.param_groups)
         if any(len(state[k]) != n for k in ("initial", "floors", "scales")):
-            raise ValueError(
-                f"AutoDrop state has {len(state['initial'])} param groups but the optimizer has {n}"
-            )
+            raise ValueError(f"AutoDrop state has {len(state['initial'])} param groups but the optimizer has {n}")
         self.initial = [float(x) for x in state["initial"]]
         self.floors = [float(x) for x in state["floors"]]
         self.scales = [float(x) for x in state["scales"]]

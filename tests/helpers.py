@@ -77,7 +77,9 @@ def training_args(output_dir, **overrides):
     return TrainingArguments(**kwargs)
 
 
-def make_trainer(output_dir, callbacks, model=None, n_train=256, train_dataset=None, optimizers=(None, None), **overrides):
+def make_trainer(
+    output_dir, callbacks, model=None, n_train=256, train_dataset=None, optimizers=(None, None), **overrides
+):
     from transformers import Trainer
 
     torch.manual_seed(0)

@@ -13,8 +13,14 @@ from hf_autodrop.callback import STATE_FILE, install
 
 from .helpers import ALWAYS, MLP, autodrop_entries, make_trainer
 
-KEYS = {"autodrop/angle", "autodrop/angle_change", "autodrop/threshold", "autodrop/lr_scale", "autodrop/phase",
-        "autodrop/num_drops"}
+KEYS = {
+    "autodrop/angle",
+    "autodrop/angle_change",
+    "autodrop/threshold",
+    "autodrop/lr_scale",
+    "autodrop/phase",
+    "autodrop/num_drops",
+}
 STEPS_PER_EPOCH = 8  # 256 examples / batch 32
 
 
@@ -43,8 +49,9 @@ class TestLogging:
         assert [e["autodrop/phase"] for e in entries] == [0, 0, 1, 0, 0, 0]
 
     def test_interval_steps_counts_optimizer_updates(self, tmp_path):
-        trainer = make_trainer(tmp_path, [AutoDropCallback(interval_steps=5, **ALWAYS)], num_train_epochs=3,
-                               gradient_accumulation_steps=2)
+        trainer = make_trainer(
+            tmp_path, [AutoDropCallback(interval_steps=5, **ALWAYS)], num_train_epochs=3, gradient_accumulation_steps=2
+        )
         trainer.train()
         # 256 / 32 = 8 batches = 4 optimizer updates per epoch, 12 in all.
         assert trainer.state.global_step == 12
@@ -91,8 +98,13 @@ def test_any_optimizer(tmp_path, optim, optimizer):
     overrides = {"optim": optim} if optim else {}
     optimizers = (optimizer(model.parameters()), None) if optimizer else (None, None)
     recorder = _LrRecorder()
-    trainer = make_trainer(tmp_path, [AutoDropCallback(drop_delay=1, drop_factor=0.2, **ALWAYS), recorder],
-                           model=model, optimizers=optimizers, **overrides)
+    trainer = make_trainer(
+        tmp_path,
+        [AutoDropCallback(drop_delay=1, drop_factor=0.2, **ALWAYS), recorder],
+        model=model,
+        optimizers=optimizers,
+        **overrides,
+    )
     trainer.train()
     lrs = [lr[0] for lr in recorder.lrs]
     assert lrs[: 4 * STEPS_PER_EPOCH] == pytest.approx([0.05] * 4 * STEPS_PER_EPOCH)
@@ -111,14 +123,22 @@ _LAMBDA_SCHEDULES = [s.value for s in SchedulerType if s.value not in ("reduce_l
 def test_every_lambda_schedule_keeps_the_drops(tmp_path, schedule, autodrop_logs):
     recorder = _LrRecorder()
     trainer = make_trainer(
-        tmp_path, [AutoDropCallback(drop_delay=1, drop_factor=0.5, **ALWAYS), recorder],
-        lr_scheduler_type=schedule, lr_scheduler_kwargs=_SCHEDULE_KWARGS.get(schedule, {}), warmup_steps=4,
+        tmp_path,
+        [AutoDropCallback(drop_delay=1, drop_factor=0.5, **ALWAYS), recorder],
+        lr_scheduler_type=schedule,
+        lr_scheduler_kwargs=_SCHEDULE_KWARGS.get(schedule, {}),
+        warmup_steps=4,
     )
     trainer.train()
     # The same schedule without AutoDrop: every lr after the drop is exactly half of it.
     base = _LrRecorder()
-    make_trainer(tmp_path / "base", [base], lr_scheduler_type=schedule,
-                 lr_scheduler_kwargs=_SCHEDULE_KWARGS.get(schedule, {}), warmup_steps=4).train()
+    make_trainer(
+        tmp_path / "base",
+        [base],
+        lr_scheduler_type=schedule,
+        lr_scheduler_kwargs=_SCHEDULE_KWARGS.get(schedule, {}),
+        warmup_steps=4,
+    ).train()
     split = 4 * STEPS_PER_EPOCH
     assert [lr[0] for lr in recorder.lrs[:split]] == pytest.approx([lr[0] for lr in base.lrs[:split]])
     assert [lr[0] for lr in recorder.lrs[split:]] == pytest.approx([0.5 * lr[0] for lr in base.lrs[split:]])
@@ -129,8 +149,13 @@ def test_every_lambda_schedule_keeps_the_drops(tmp_path, schedule, autodrop_logs
 def test_constant_with_warmup_after_d_drops_is_warmup_times_factor_power_d(tmp_path):
     recorder = _LrRecorder()
     warmup = 20
-    trainer = make_trainer(tmp_path, [AutoDropCallback(drop_delay=0, drop_factor=0.1, **ALWAYS), recorder],
-                           lr_scheduler_type="constant_with_warmup", warmup_steps=warmup, num_train_epochs=10)
+    trainer = make_trainer(
+        tmp_path,
+        [AutoDropCallback(drop_delay=0, drop_factor=0.1, **ALWAYS), recorder],
+        lr_scheduler_type="constant_with_warmup",
+        warmup_steps=warmup,
+        num_train_epochs=10,
+    )
     trainer.train()
     drops_before = lambda step: min(3, step // (3 * STEPS_PER_EPOCH))  # noqa: E731 - drops at epochs 3, 6, 9 (floor 1e-3)
     for step, lrs in enumerate(recorder.lrs):
@@ -147,11 +172,19 @@ def test_metric_driven_schedules_are_refused(tmp_path, schedule):
 
 def test_param_groups_drop_and_floor_on_their_own(tmp_path):
     model = MLP()
-    opt = torch.optim.SGD([{"params": model.fc1.parameters(), "lr": 0.05},
-                           {"params": list(model.bn.parameters()) + list(model.fc2.parameters()), "lr": 0.002}])
+    opt = torch.optim.SGD(
+        [
+            {"params": model.fc1.parameters(), "lr": 0.05},
+            {"params": list(model.bn.parameters()) + list(model.fc2.parameters()), "lr": 0.002},
+        ]
+    )
     recorder = _LrRecorder()
-    trainer = make_trainer(tmp_path, [AutoDropCallback(drop_delay=0, drop_factor=0.1, min_lr=1e-3, **ALWAYS), recorder],
-                           model=model, optimizers=(opt, None))
+    trainer = make_trainer(
+        tmp_path,
+        [AutoDropCallback(drop_delay=0, drop_factor=0.1, min_lr=1e-3, **ALWAYS), recorder],
+        model=model,
+        optimizers=(opt, None),
+    )
     trainer.train()
     # Drops at epochs 3 and 6: group 0 goes 0.05 -> 0.005 -> 0.001 (floor), group 1 0.002 -> 0.001 -> 0.001.
     assert recorder.lrs[3 * STEPS_PER_EPOCH] == pytest.approx([5e-3, 1e-3])
@@ -174,8 +207,13 @@ class TestResume:
     @pytest.fixture(scope="class")
     def straight(self, tmp_path_factory):
         out = tmp_path_factory.mktemp("straight")
-        trainer = make_trainer(out, [AutoDropCallback(**self.CONFIG)], num_train_epochs=self.EPOCHS,
-                               save_strategy="epoch", restore_callback_states_from_checkpoint=True)
+        trainer = make_trainer(
+            out,
+            [AutoDropCallback(**self.CONFIG)],
+            num_train_epochs=self.EPOCHS,
+            save_strategy="epoch",
+            restore_callback_states_from_checkpoint=True,
+        )
         trainer.train()
         params = [p.detach().clone() for p in trainer.model.parameters()]
         return out, trainer, params
@@ -190,8 +228,13 @@ class TestResume:
     @pytest.mark.parametrize("stop_epoch", [1, 2, 3, 4, 5, 7, 9])
     def test_resume_from_any_epoch_is_exact(self, straight, tmp_path, stop_epoch):
         out, full, full_params = straight
-        resumed = make_trainer(out, [AutoDropCallback(**self.CONFIG)], num_train_epochs=self.EPOCHS,
-                               save_strategy="no", restore_callback_states_from_checkpoint=True)
+        resumed = make_trainer(
+            out,
+            [AutoDropCallback(**self.CONFIG)],
+            num_train_epochs=self.EPOCHS,
+            save_strategy="no",
+            restore_callback_states_from_checkpoint=True,
+        )
         resumed.train(resume_from_checkpoint=str(out / f"checkpoint-{stop_epoch * STEPS_PER_EPOCH}"))
         assert _clean(autodrop_entries(resumed)) == _clean(autodrop_entries(full))
         assert _lr_entries(resumed) == _lr_entries(full)
@@ -226,8 +269,13 @@ class TestResume:
         hidden = original.with_suffix(".hidden")
         original.rename(hidden)
         try:
-            resumed = make_trainer(copy, [AutoDropCallback(**self.CONFIG)], num_train_epochs=5, save_strategy="no",
-                                   restore_callback_states_from_checkpoint=True)
+            resumed = make_trainer(
+                copy,
+                [AutoDropCallback(**self.CONFIG)],
+                num_train_epochs=5,
+                save_strategy="no",
+                restore_callback_states_from_checkpoint=True,
+            )
             resumed.train(resume_from_checkpoint=str(copy / f"checkpoint-{4 * STEPS_PER_EPOCH}"))
         finally:
             hidden.rename(original)
@@ -241,8 +289,13 @@ class TestResume:
         shutil.copytree(out / ckpt.name, ckpt)
         (ckpt / STATE_FILE).write_bytes(b"not a torch file")
         self._point_state_at(ckpt)
-        resumed = make_trainer(tmp_path, [AutoDropCallback(**self.CONFIG)], num_train_epochs=5, save_strategy="no",
-                               restore_callback_states_from_checkpoint=True)
+        resumed = make_trainer(
+            tmp_path,
+            [AutoDropCallback(**self.CONFIG)],
+            num_train_epochs=5,
+            save_strategy="no",
+            restore_callback_states_from_checkpoint=True,
+        )
         with pytest.raises(RuntimeError, match="unreadable"):
             resumed.train(resume_from_checkpoint=str(ckpt))
 
@@ -256,12 +309,19 @@ class TestResume:
         shutil.copytree(out / ckpt.name, ckpt)
         payload = torch.load(ckpt / STATE_FILE, weights_only=True)
         other = MLP(hidden=16)
-        payload["autodrop"] = {**AutoDrop(other, torch.optim.SGD(other.parameters(), lr=0.1)).state_dict(),
-                               "interval": payload["autodrop"]["interval"]}
+        payload["autodrop"] = {
+            **AutoDrop(other, torch.optim.SGD(other.parameters(), lr=0.1)).state_dict(),
+            "interval": payload["autodrop"]["interval"],
+        }
         torch.save(payload, ckpt / STATE_FILE)
         self._point_state_at(ckpt)
-        resumed = make_trainer(tmp_path, [AutoDropCallback(**self.CONFIG)], num_train_epochs=5, save_strategy="no",
-                               restore_callback_states_from_checkpoint=True)
+        resumed = make_trainer(
+            tmp_path,
+            [AutoDropCallback(**self.CONFIG)],
+            num_train_epochs=5,
+            save_strategy="no",
+            restore_callback_states_from_checkpoint=True,
+        )
         with pytest.raises(ValueError, match="belongs to another model"):
             resumed.train(resume_from_checkpoint=str(ckpt))
 
@@ -351,7 +411,9 @@ class TestOddRuns:
         assert "would drop" in autodrop_logs.text
 
     def test_stop_when_exhausted_ends_training(self, tmp_path):
-        trainer = make_trainer(tmp_path, [AutoDropCallback(drop_delay=1, min_lr=0.05, stop_when_exhausted=True, **ALWAYS)])
+        trainer = make_trainer(
+            tmp_path, [AutoDropCallback(drop_delay=1, min_lr=0.05, stop_when_exhausted=True, **ALWAYS)]
+        )
         trainer.train()
         assert trainer.state.global_step == 4 * STEPS_PER_EPOCH
         assert autodrop_entries(trainer)[-1]["autodrop/num_drops"] == 1

@@ -140,7 +140,9 @@ class TestLearningRates:
     def test_exhausted_drop_still_averages_and_raises_threshold_and_can_stop(self):
         params = _model((2,))
         opt = torch.optim.SGD(params, lr=1e-4)
-        ad = AutoDrop(params, opt, threshold=0.5, max_threshold=180.0, drop_delay=1, min_lr=1e-4, stop_when_exhausted=True)
+        ad = AutoDrop(
+            params, opt, threshold=0.5, max_threshold=180.0, drop_delay=1, min_lr=1e-4, stop_when_exhausted=True
+        )
         walk = _Zigzag(params, [0, 30, 30, 30])
         for _ in range(3):
             walk.interval()
@@ -317,8 +319,14 @@ class TestBuffers:
 
     def test_buffers_can_be_left_alone(self):
         model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
-        ad = AutoDrop(model, torch.optim.SGD(model.parameters(), lr=0.1), threshold=180.0, max_threshold=180.0,
-                      drop_delay=1, average_buffers=False)
+        ad = AutoDrop(
+            model,
+            torch.optim.SGD(model.parameters(), lr=0.1),
+            threshold=180.0,
+            max_threshold=180.0,
+            drop_delay=1,
+            average_buffers=False,
+        )
         for t in range(4):
             _move(list(model.parameters()), [torch.randn_like(p) for p in model.parameters()])
             model[1].running_mean.fill_(float(t))
@@ -349,8 +357,10 @@ class TestState:
         for steps in moves[:stop_at]:
             _move(params2, steps)
             ad2.step()
-        saved = {k: [t.clone() for t in v] if isinstance(v, list) and v and isinstance(v[0], torch.Tensor) else v
-                 for k, v in ad2.state_dict().items()}
+        saved = {
+            k: [t.clone() for t in v] if isinstance(v, list) and v and isinstance(v[0], torch.Tensor) else v
+            for k, v in ad2.state_dict().items()
+        }
         saved_params = [p.detach().clone() for p in params2]
         saved_lr = opt2.param_groups[0]["lr"]
 
@@ -394,11 +404,23 @@ class TestState:
 
 
 def test_measurement_logs_have_the_spec_keys():
-    m = Measurement(interval=3, angle=80.0, angle_change=0.5, threshold=1.0, phase="averaging", lr_scale=0.1,
-                    dropped=False, num_drops=1)
+    m = Measurement(
+        interval=3,
+        angle=80.0,
+        angle_change=0.5,
+        threshold=1.0,
+        phase="averaging",
+        lr_scale=0.1,
+        dropped=False,
+        num_drops=1,
+    )
     assert m.logs() == {
-        "autodrop/angle": 80.0, "autodrop/angle_change": 0.5, "autodrop/threshold": 1.0,
-        "autodrop/lr_scale": 0.1, "autodrop/phase": 1.0, "autodrop/num_drops": 1.0,
+        "autodrop/angle": 80.0,
+        "autodrop/angle_change": 0.5,
+        "autodrop/threshold": 1.0,
+        "autodrop/lr_scale": 0.1,
+        "autodrop/phase": 1.0,
+        "autodrop/num_drops": 1.0,
     }
 
 

@@ -40,7 +40,11 @@ class _AngleWalk:
         self.t += 1
         if torch.rand((), generator=self.g) < 0.03:
             return torch.zeros(self.dim, dtype=torch.float64)  # the parameters did not move
-        omega = self.omega_inf + self.amp * math.exp(-self.t / self.tau) + self.noise * torch.randn((), generator=self.g).item()
+        omega = (
+            self.omega_inf
+            + self.amp * math.exp(-self.t / self.tau)
+            + self.noise * torch.randn((), generator=self.g).item()
+        )
         omega = math.radians(min(179.0, max(1.0, omega)))
         u = self.last / self.last.norm()
         v = torch.randn(self.dim, generator=self.g, dtype=torch.float64)
@@ -75,7 +79,11 @@ def test_fast_matches_reference(seed):
         decision, ref_x, ref_lrs = ref.step(x_t)
 
         assert m.interval == decision["interval"] == interval
-        assert (m.triggered, m.dropped, m.exhausted) == (decision["triggered"], decision["dropped"], decision["exhausted"]), interval
+        assert (m.triggered, m.dropped, m.exhausted) == (
+            decision["triggered"],
+            decision["dropped"],
+            decision["exhausted"],
+        ), interval
         assert (m.phase, m.num_drops) == (decision["phase"], decision["num_drops"]), interval
         assert m.threshold == pytest.approx(decision["threshold"], rel=1e-12)
         if math.isnan(decision["angle"]):
