@@ -70,12 +70,13 @@ class FlatCopy:
         if self.views:
             torch._foreach_copy_(list(tensors), self.views)
 
-    def set_difference(self, tensors: Sequence[torch.Tensor]) -> None:
-        """self <- tensors - self, in place (turns the previous snapshot into the displacement)."""
+    def subtract(self, tensors: Sequence[torch.Tensor]) -> None:
+        """self <- self - tensors, in place: turns the snapshot x_(t-1) into -s_t, the displacement negated.
+
+        AutoDrop keeps every displacement negated: angles and norms are the same, and one pass is saved.
+        """
         if self.views:
             torch._foreach_sub_(self.views, list(tensors))
-            for flat in self.flats:
-                flat.neg_()
 
     def lerp_(self, other: FlatCopy, weight: float) -> None:
         """self <- self + weight * (other - self): the running weighted average step."""

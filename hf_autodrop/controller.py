@@ -141,7 +141,7 @@ class AutoDrop:
         self._lr = LRGroups(optimizer, scheduler, self.config.min_lr)
 
         self._snapshot = FlatCopy.of(self._params)  # x_(t-1)
-        self._displacement = FlatCopy(self._params)  # s_(t-1), valid when self._t >= 1
+        self._displacement = FlatCopy(self._params)  # -s_(t-1), valid when self._t >= 2
         self._average: FlatCopy | None = None  # running weighted average while averaging
         self._buffer_average: FlatCopy | None = None
 
@@ -162,9 +162,10 @@ class AutoDrop:
         self._interval += 1
         self._t += 1
 
-        # The snapshot buffer becomes s_t = x_t - x_(t-1) in place; the buffer that held s_(t-1) is
-        # free once the sums are taken and becomes the new snapshot x_t. No third copy is needed.
-        self._snapshot.set_difference(self._params)
+        # The snapshot buffer becomes -s_t = x_(t-1) - x_t in place (displacements are kept negated,
+        # which changes no angle or norm); the buffer that held -s_(t-1) is free once the sums are
+        # taken and becomes the new snapshot x_t. No third copy is needed.
+        self._snapshot.subtract(self._params)
         displacement, spare = self._snapshot, self._displacement
         dot, norm_sq, prev_norm_sq = displacement.sums(spare if self._t >= 2 else displacement).tolist()
         spare.copy_from(self._params)

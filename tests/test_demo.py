@@ -1,0 +1,27 @@
+"""The demo is the project's main job: it must run offline and show real drops with its embedded defaults."""
+
+import json
+import subprocess
+import sys
+
+from hf_autodrop.demo import DEFAULTS, main
+
+
+def test_default_demo_shows_real_drops_and_writes_results(tmp_path, capsys):
+    record = main(["--output-dir", str(tmp_path), "--no-baseline"])
+    real_drops = [d for d in record["autodrop"]["drops"] if not d["at_floor"]]
+    assert len(real_drops) >= 1
+    assert real_drops[0]["lr"] == DEFAULTS["lr"] * DEFAULTS["drop_factor"]
+    assert record["autodrop"]["final_test_error"] < 0.05
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert len(saved["autodrop"]["epochs"]) == DEFAULTS["epochs"]
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    out = capsys.readouterr().out
+    assert "drop  epoch" in out and "test error: final" in out
+
+
+def test_console_script_help():
+    result = subprocess.run(
+        [sys.executable, "-m", "hf_autodrop.demo", "--help"], capture_output=True, text=True, check=True
+    )
+    assert "--drop-factor" in result.stdout and "--no-baseline" in result.stdout
