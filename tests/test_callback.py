@@ -38,6 +38,17 @@ class _LrRecorder(TrainerCallback):
         self.lrs.append([g["lr"] for g in optimizer.param_groups])
 
 
+class _LogRecorder(TrainerCallback):
+    """What on_log delivers, as the reporting integrations see it."""
+
+    def __init__(self):
+        self.entries = []
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if "autodrop/angle" in logs:
+            self.entries.append(dict(logs))
+
+
 class TestLogging:
     def test_every_epoch_logs_the_spec_keys(self, tmp_path):
         trainer = make_trainer(tmp_path, [AutoDropCallback(drop_delay=1, **ALWAYS)])
@@ -248,6 +259,18 @@ class TestResume:
         out, *_ = straight
         for epoch in range(1, self.EPOCHS + 1):
             assert (out / f"checkpoint-{epoch * STEPS_PER_EPOCH}" / STATE_FILE).is_file()
+
+    def test_install_link_survives_the_callback_being_rebuilt(self, straight):
+        out, full, _ = straight
+        seen = _LogRecorder()
+        resumed = make_trainer(out, [seen], num_train_epochs=self.EPOCHS, restore_callback_states_from_checkpoint=True)
+        install(resumed, **self.CONFIG)
+        resumed.train(resume_from_checkpoint=str(out / f"checkpoint-{4 * STEPS_PER_EPOCH}"))
+        # The resumed intervals reached on_log (the integrations' path), once each.
+        assert [e["autodrop/num_drops"] for e in seen.entries] == [
+            e["autodrop/num_drops"] for e in autodrop_entries(full)[4:]
+        ]
+        assert _clean(autodrop_entries(resumed)) == _clean(autodrop_entries(full))
 
     def test_resume_without_the_flag_warns_what_happens(self, straight, tmp_path, autodrop_logs):
         out, *_ = straight
