@@ -27,7 +27,7 @@ demo: setup-demo
 	$(OFFLINE) $(PY) -m hf_autodrop.demo
 
 test: setup-dev
-	$(OFFLINE) $(PY) -m pytest -n 2 tests
+	$(OFFLINE) $(PY) -m pytest -n 2
 
 lint: setup-dev
 	$(VENV)/bin/ruff check .

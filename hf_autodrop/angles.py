@@ -89,7 +89,7 @@ def angle_degrees(a: torch.Tensor | Sequence[torch.Tensor], b: torch.Tensor | Se
         >>> round(angle_degrees(torch.tensor([1.0, 0.0]), torch.tensor([1.0, 1.0])), 6)
         45.0
         >>> angle_degrees([torch.ones(2, 2), torch.zeros(3)], [torch.ones(4), torch.ones(3)])
-        54.735610317245346
+        40.89339464913091
     """
     a_list, b_list = _as_list(a, "a"), _as_list(b, "b")
     if len(a_list) != len(b_list):
