@@ -147,7 +147,11 @@ class AutoDropCallback(TrainerCallback, ExportableState):
         logs = m.logs()
         trainer = self._trainer_ref() if self._trainer_ref is not None else None
         if trainer is not None:
-            trainer.log(dict(logs))  # log_history + every report_to integration, like the Trainer's own logs
+            # log_history + every report_to integration, like the Trainer's own logs. The handler's
+            # on_log clears control.should_log, which would swallow the Trainer's pending loss log.
+            pending = control.should_log
+            trainer.log(dict(logs))
+            control.should_log = pending
         else:
             state.log_history.append({**logs, "epoch": state.epoch, "step": state.global_step})
         if m.should_stop:
