@@ -12,38 +12,23 @@ Launch (one GPU; seeds 0-3 give Table 1's four runs):
     accelerate launch recipes/cifar100_resnet34.py --seed 0
 
 Expected final test error (paper, mean +- std over 4 seeds): baseline 21.91 +- 0.20, AutoDrop rho 0.1
-23.27 +- 0.48, rho 0.2 21.82 +- 0.50, rho 0.5 21.43 +- 0.29. Time: about 2.5-4 h per run on one recent
-GPU (bf16, channels_last); see recipes/README.md.
+23.27 +- 0.48, rho 0.2 21.82 +- 0.50, rho 0.5 21.43 +- 0.29. Time (estimate, not yet measured): about
+1 h per run on one A100-class GPU with bf16 and channels_last; see recipes/README.md.
 """
 
-from image_classification import Recipe, main
-
-from hf_autodrop.models import CIFAR100_MEAN, CIFAR100_STD
+from image_classification import CIFAR_PROTOCOL, DATA_SETS, Recipe, main
 
 RECIPE = Recipe(
+    **DATA_SETS["cifar100"],
+    **CIFAR_PROTOCOL,
     name="cifar100_resnet34",
     title="ResNet-34 on CIFAR-100",
     model_name="resnet34_cifar",
-    dataset_name="uoft-cs/cifar100",
-    dataset_pretty="CIFAR-100",
-    kind="cifar",
-    num_classes=100,
-    image_column="img",
-    label_column="fine_label",
-    train_split="train",
-    eval_split="test",
-    mean=CIFAR100_MEAN,
-    std=CIFAR100_STD,
-    epochs=200,
     learning_rate=0.05,
-    weight_decay=5e-4,
     nesterov=True,
-    batch_size=128,
-    drop_factor=0.2,
-    milestones=(60, 120, 160),
     paper={"multistep-0.2": (21.91, 0.20), "autodrop-0.1": (23.27, 0.48), "autodrop-0.2": (21.82, 0.50),
            "autodrop-0.5": (21.43, 0.29)},
-    expected_hours="2.5-4",
+    expected_hours="1 (estimate)",
 )
 
 if __name__ == "__main__":

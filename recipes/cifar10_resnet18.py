@@ -14,38 +14,23 @@ Launch (one GPU; seeds 0-3 give Table 1's four runs):
     python recipes/cifar10_resnet18.py --seed 0 --push_to_hub --hub_model_id <you>/resnet18-cifar10-autodrop
 
 Expected final test error (paper, mean +- std over 4 seeds): baseline 4.87 +- 0.09, AutoDrop rho 0.1
-5.07 +- 0.47, rho 0.2 4.61 +- 0.17, rho 0.5 4.71 +- 0.11. Time: about 1.5-2.5 h per run on one recent
-GPU (bf16, channels_last); see recipes/README.md.
+5.07 +- 0.47, rho 0.2 4.61 +- 0.17, rho 0.5 4.71 +- 0.11. Time (estimate, not yet measured): about 0.5 h
+per run on one A100-class GPU with bf16 and channels_last; see recipes/README.md.
 """
 
-from image_classification import Recipe, main
-
-from hf_autodrop.models import CIFAR10_MEAN, CIFAR10_STD
+from image_classification import CIFAR_PROTOCOL, DATA_SETS, Recipe, main
 
 RECIPE = Recipe(
+    **DATA_SETS["cifar10"],
+    **CIFAR_PROTOCOL,
     name="cifar10_resnet18",
     title="ResNet-18 on CIFAR-10",
     model_name="resnet18_cifar",
-    dataset_name="uoft-cs/cifar10",
-    dataset_pretty="CIFAR-10",
-    kind="cifar",
-    num_classes=10,
-    image_column="img",
-    label_column="label",
-    train_split="train",
-    eval_split="test",
-    mean=CIFAR10_MEAN,
-    std=CIFAR10_STD,
-    epochs=200,
     learning_rate=0.05,
-    weight_decay=5e-4,
     nesterov=True,
-    batch_size=128,
-    drop_factor=0.2,
-    milestones=(60, 120, 160),
     paper={"multistep-0.2": (4.87, 0.085), "autodrop-0.1": (5.07, 0.465), "autodrop-0.2": (4.61, 0.173),
            "autodrop-0.5": (4.71, 0.111)},
-    expected_hours="1.5-2.5",
+    expected_hours="0.5 (estimate)",
 )
 
 if __name__ == "__main__":

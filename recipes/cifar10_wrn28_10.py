@@ -12,38 +12,23 @@ Launch (one GPU; seeds 0-3 give Table 1's four runs):
     accelerate launch recipes/cifar10_wrn28_10.py --seed 0
 
 Expected final test error (paper, mean +- std over 4 seeds): baseline 3.77 +- 0.05, AutoDrop rho 0.1
-3.73 +- 0.26, rho 0.2 3.73 +- 0.10, rho 0.5 4.29 +- 1.13. Time: about 5-8 h per run on one recent GPU
-(bf16, channels_last); see recipes/README.md.
+3.73 +- 0.26, rho 0.2 3.73 +- 0.10, rho 0.5 4.29 +- 1.13. Time (estimate, not yet measured): about
+3.5 h per run on one A100-class GPU with bf16 and channels_last; see recipes/README.md.
 """
 
-from image_classification import Recipe, main
-
-from hf_autodrop.models import CIFAR10_MEAN, CIFAR10_STD
+from image_classification import CIFAR_PROTOCOL, DATA_SETS, Recipe, main
 
 RECIPE = Recipe(
+    **DATA_SETS["cifar10"],
+    **CIFAR_PROTOCOL,
     name="cifar10_wrn28_10",
     title="WRN-28-10 on CIFAR-10",
     model_name="wrn28_10_cifar",
-    dataset_name="uoft-cs/cifar10",
-    dataset_pretty="CIFAR-10",
-    kind="cifar",
-    num_classes=10,
-    image_column="img",
-    label_column="label",
-    train_split="train",
-    eval_split="test",
-    mean=CIFAR10_MEAN,
-    std=CIFAR10_STD,
-    epochs=200,
     learning_rate=0.1,
-    weight_decay=5e-4,
     nesterov=False,
-    batch_size=128,
-    drop_factor=0.2,
-    milestones=(60, 120, 160),
     paper={"multistep-0.2": (3.77, 0.05), "autodrop-0.1": (3.73, 0.26), "autodrop-0.2": (3.73, 0.10),
            "autodrop-0.5": (4.29, 1.13)},
-    expected_hours="5-8",
+    expected_hours="3.5 (estimate)",
 )
 
 if __name__ == "__main__":

@@ -96,7 +96,11 @@ def synthetic_split(dataset_name: str, n: int, seed: int = 0, image_size: tuple[
     images = []
     for i in range(n):
         h, w = image_size or (int(rng.integers(40, 80)), int(rng.integers(40, 80)))
-        image = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        # Smooth colour fields plus mild noise: JPEGs of about a photo's size (pure noise would be 3-4x larger).
+        coarse = Image.fromarray(rng.integers(0, 256, (max(2, h // 32), max(2, w // 32), 3), dtype=np.uint8))
+        pixels = np.asarray(coarse.resize((w, h), Image.BILINEAR), dtype=np.int16)
+        pixels = pixels + rng.integers(-12, 13, pixels.shape, dtype=np.int16)
+        image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
         if i % 5 == 4:
             image = image.convert("L")  # the real set has grayscale JPEGs
         buf = io.BytesIO()

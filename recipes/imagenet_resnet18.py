@@ -16,39 +16,28 @@ Launch (8 GPUs, 32 images each = the paper's 256):
     ... --streaming                       # read the Hub dataset as a stream instead of downloading it first
     ... --data_dir /data/imagenet-1k      # a local copy (save_to_disk folder or the Hub's parquet layout)
 
-Expected final top-1 test error (paper, one run each): baseline 29.93, AutoDrop rho 0.1 29.80. Time:
-about 10-14 h on 8 recent GPUs with a fast input pipeline (16+ CPU cores per GPU help); see
-recipes/README.md.
+Expected final top-1 test error (paper, one run each): baseline 29.93, AutoDrop rho 0.1 29.80. Time
+(estimate, not yet measured): about 4-6 h on 8 A100-class GPUs, bound by JPEG decoding on the CPUs
+(12+ cores per GPU); see recipes/README.md.
 """
 
-from image_classification import Recipe, main
-
-from hf_autodrop.models import IMAGENET_MEAN, IMAGENET_STD
+from image_classification import DATA_SETS, Recipe, main
 
 RECIPE = Recipe(
+    **DATA_SETS["imagenet"],
     name="imagenet_resnet18",
     title="ResNet-18 on ImageNet-1k",
     model_name="resnet18",
-    dataset_name="ILSVRC/imagenet-1k",
-    dataset_pretty="ImageNet-1k",
-    kind="imagenet",
-    num_classes=1000,
-    image_column="image",
-    label_column="label",
-    train_split="train",
-    eval_split="validation",
-    mean=IMAGENET_MEAN,
-    std=IMAGENET_STD,
     epochs=105,
-    learning_rate=0.1,
     weight_decay=1e-4,
-    nesterov=False,
     batch_size=256,
     drop_factor=0.1,
     milestones=(30, 60, 90),
     model_kwargs={"zero_init_last": False},
+    learning_rate=0.1,
+    nesterov=False,
     paper={"multistep-0.1": (29.93, None), "autodrop-0.1": (29.80, None)},
-    expected_hours="10-14 (8 GPUs)",
+    expected_hours="4-6 (estimate, 8 GPUs)",
 )
 
 if __name__ == "__main__":

@@ -170,6 +170,7 @@ def test_recipe_end_to_end(name, schedule, hub_data, tmp_path):
         assert on_disk["config"]["angle_monitor"]["dry_run"] is True  # angles logged, nothing changed by AutoDrop
         assert on_disk["history"]["angle"], "the baseline logs AutoDrop's angles for comparison"
         assert [e["epoch"] for e in on_disk["history"]["eval"]] == [1.0, 1.25]  # each epoch, then the final step
+        assert [e["epoch"] for e in on_disk["history"]["train_loss"]][0] == 1.0  # the epoch's mean training loss
 
 
 def test_paper_defaults_reach_the_trainer(tmp_path):
