@@ -454,6 +454,16 @@ def _trainer_class():
             self.steps_per_epoch = steps_per_epoch  # known in advance only when streaming
             super().__init__(*args, **kwargs)
 
+        def log(self, logs: dict, start_time: float | None = None) -> None:
+            # `hf_autodrop.callback.install` logs AutoDrop's metrics through `trainer.log` from inside
+            # on_step_end/on_epoch_end; the `on_log` event clears `control.should_log`, which the
+            # Trainer had just set for its own loss log, so the training loss would never be logged.
+            # Keep the flag across AutoDrop's logs (remove once the core does this itself).
+            pending = self.control.should_log
+            super().log(logs, start_time)
+            if any(key.startswith("autodrop/") for key in logs):
+                self.control.should_log = pending
+
         def get_decay_parameter_names(self, model) -> list[str]:
             if self.weight_decay_all:
                 return [n for n, p in model.named_parameters()]
@@ -488,51 +498,40 @@ def _lr_tracker():
     from transformers import TrainerCallback
 
     class LRTracker(TrainerCallback):
-        """Writes every lr decrease (`recipe/lr_drop`) and each epoch's lr (`recipe/lr`) into `log_history`.
+        """Writes each epoch's lr (`recipe/lr`) and every lr decrease (`recipe/lr_drop`) into `log_history`.
 
-        `log_history` is saved in every checkpoint, so the record survives a resume. Added after
-        AutoDrop's callback, so it sees a drop made at the same epoch end.
+        `log_history` is saved in every checkpoint, so the record survives a resume. A decrease is seen
+        before the next update (or at the end), so the order of the callbacks does not matter (the
+        `Trainer` re-adds a restored AutoDrop callback at the end of the list on resume); it is
+        recorded with the number of updates done when it took effect.
         """
 
         def __init__(self):
             self.last = None
             self.began_at = self.ended_at = None  # wall-clock bounds of the training loop (GPU busy fraction)
 
-        def _lr(self, optimizer) -> float:
-            return float(optimizer.param_groups[0]["lr"])
-
-        def on_train_begin(self, args, state, control, optimizer=None, **kwargs):
-            self.began_at = time.time()
-            self.last = self._lr(optimizer)
-            if state.global_step == 0:
-                state.log_history.append({"recipe/lr": self.last, "epoch": 0.0, "step": 0})
-
-        def _check(self, state, optimizer):
-            lr = self._lr(optimizer)
-            if lr < self.last * (1 - 1e-9):
+        def _check(self, state, optimizer) -> float:
+            lr = float(optimizer.param_groups[0]["lr"])
+            if self.last is not None and lr < self.last * (1 - 1e-9):
                 state.log_history.append({"recipe/lr_drop": lr, "recipe/lr_before": self.last,
                                           "epoch": state.epoch, "step": state.global_step})
             self.last = lr
             return lr
 
-        # Workaround: `hf_autodrop.callback.install` logs AutoDrop's metrics through `trainer.log`, whose
-        # `on_log` clears `control.should_log`, which the Trainer's flow callback had just set for its own
-        # loss log at this step or epoch end; without this the training loss is never logged. Re-apply
-        # the Trainer's rule (this callback runs after AutoDrop's). Remove once the core keeps the flag.
-        def on_step_end(self, args, state, control, optimizer=None, **kwargs):
-            self._check(state, optimizer)
-            if args.logging_strategy == "steps" and state.logging_steps and state.global_step % state.logging_steps == 0:
-                control.should_log = True
-            return control
+        def on_train_begin(self, args, state, control, optimizer=None, **kwargs):
+            self.began_at = time.time()
+            self.last = float(optimizer.param_groups[0]["lr"])
 
-        def on_epoch_end(self, args, state, control, optimizer=None, **kwargs):
+        def on_epoch_begin(self, args, state, control, optimizer=None, **kwargs):
+            lr = self._check(state, optimizer)
+            state.log_history.append({"recipe/lr": lr, "epoch": state.epoch or 0.0, "step": state.global_step})
+
+        def on_step_begin(self, args, state, control, optimizer=None, **kwargs):
+            self._check(state, optimizer)
+
+        def on_train_end(self, args, state, control, optimizer=None, **kwargs):
             lr = self._check(state, optimizer)
             state.log_history.append({"recipe/lr": lr, "epoch": state.epoch, "step": state.global_step})
-            if args.logging_strategy == "epoch":
-                control.should_log = True
-            return control
-
-        def on_train_end(self, args, state, control, **kwargs):
             self.ended_at = time.time()
 
     return LRTracker()

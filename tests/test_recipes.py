@@ -313,3 +313,28 @@ def test_aggregate_builds_table1_rows(tmp_path):
     assert "| AutoDrop (rho = 0.2) | 4.70 ± 0.14 | 4.61 ± 0.17 | 2 |" in text
     assert "| Baseline (multistep) (rho = 0.2) | 5.00 | 4.87 ± 0.09 | 1 |" in text
     assert (tmp_path / "table.md").read_text() == text
+
+
+def test_resume_from_a_checkpoint_keeps_the_schedule(hub_data, tmp_path):
+    """Stopped after step 2 and resumed with `--resume_from_checkpoint last`: AutoDrop's state comes back
+    (restore_callback_states_from_checkpoint is on by default) and it drops at step 3, as without the stop.
+
+    The weights are not bit-identical to the uninterrupted run's: the `Trainer` fetches (and so
+    augments) the first batch after a resume before it restores the RNG state.
+    """
+    module = load_recipe("cifar10_resnet18")
+    data_dir = hub_data("uoft-cs/cifar10")
+    extra = [*AUTODROP_NOW[2:], "--save_strategy", "steps", "--save_steps", "2"]
+    whole = module.main(module.RECIPE, tiny_args("cifar10_resnet18", data_dir, tmp_path / "whole", *extra,
+                                                 "--max_steps", "4"))
+    stopped = tmp_path / "stopped"
+    module.main(module.RECIPE, tiny_args("cifar10_resnet18", data_dir, stopped, *extra, "--max_steps", "2"))
+    assert (stopped / "checkpoint-2" / "autodrop_state.pt").is_file()
+    resumed = module.main(module.RECIPE, tiny_args("cifar10_resnet18", data_dir, stopped, *extra, "--max_steps", "4",
+                                                   "--resume_from_checkpoint", "last"))
+    assert [(d["step"], d["lr"]) for d in resumed["drops"]] == [(d["step"], d["lr"]) for d in whole["drops"]]
+    assert [d["step"] for d in resumed["drops"]] == [3]
+    # The history spans the whole run: the steps before the stop come from the checkpoint's log_history.
+    assert [a["epoch"] for a in resumed["history"]["angle"]] == [a["epoch"] for a in whole["history"]["angle"]]
+    assert resumed["history"]["angle"][1]["angle"] == whole["history"]["angle"][1]["angle"]  # before the stop
+    assert [e["epoch"] for e in resumed["history"]["train_loss"]] == [1.0]  # the epoch's loss is logged after resume
