@@ -693,6 +693,9 @@ def run(recipe: Recipe, argv: list[str] | None = None) -> dict:
     if push and not hub_model_id:
         raise ValueError("--push_to_hub needs --hub_model_id <user-or-org>/<name>")
 
+    if training_args.dataloader_num_workers == 0:
+        training_args.dataloader_persistent_workers = False  # torch refuses persistent workers without workers
+
     set_seed(training_args.seed)
     splits = load_splits(recipe, data_args, training_args.seed)
     model = create_model(recipe, model_args, splits.num_classes)

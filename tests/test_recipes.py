@@ -70,7 +70,7 @@ def tiny_args(name: str, data_dir: Path, out: Path, *extra: str) -> list[str]:
     args = [
         "--data_dir", str(data_dir), "--output_dir", str(out), "--use_cpu",
         "--per_device_train_batch_size", str(BATCH), "--per_device_eval_batch_size", str(N_EVAL),
-        "--dataloader_num_workers", "0", "--dataloader_persistent_workers", "false",
+        "--dataloader_num_workers", "0",  # (the recipe then turns its default persistent workers off)
         "--save_strategy", "no", "--disable_tqdm", "true", "--model_kwargs", SMALL_MODEL[name],
     ]
     if name.startswith("imagenet"):
