@@ -1,0 +1,149 @@
+#!/usr/bin/env python
+"""Is the input pipeline the bottleneck? Images/s of the recipes' data pipeline alone vs. their training step.
+
+Measured side by side in one run, on this machine, for the CIFAR-10 ResNet-18 and ImageNet ResNet-18
+recipes:
+- pipeline: the recipe's own `datasets` loading + lazy batched transforms + collate, through a
+  `DataLoader` with N workers (decoding and augmentation included, nothing else), after warm-up;
+- step: forward + backward + SGD step of the recipe's full-size model on a batch already in memory
+  (channels_last; bf16 autocast on a GPU), after warm-up.
+The ratio pipeline/step must stay well above 1 with the workers the training run uses; the last
+column extrapolates it linearly in the number of workers (decoding is embarrassingly parallel).
+
+Data: synthetic images in the Hub's schemas (`recipes/hub_schema.py`): CIFAR 32x32 PNGs; ImageNet
+500x375 JPEGs of about 55 kB (real ImageNet JPEGs average about 110 kB, so decoding here is somewhat
+cheaper), or `--data_dir` with a local copy of the real data.
+
+Usage:
+    python bench/data_pipeline.py                                  # both recipes, workers 0 and 2
+    python bench/data_pipeline.py --workers 0,4,8 --device cuda    # on a GPU machine
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "recipes"))
+
+import hub_schema  # noqa: E402
+import image_classification as ic  # noqa: E402
+
+
+def load_recipe(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "recipes" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.RECIPE
+
+
+def pipeline_rate(dataset, batch_size: int, workers: int, batches: int) -> float:
+    """Images/s delivered by a DataLoader over `dataset` (worker start-up and 2 warm-up batches excluded)."""
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers,
+                                         collate_fn=ic.collate, drop_last=True)
+    it = iter(loader)
+    for _ in range(2):
+        next(it)
+    n, start = 0, time.perf_counter()
+    for _ in range(batches):
+        try:
+            batch = next(it)
+        except StopIteration:
+            it = iter(loader)
+            batch = next(it)
+        n += batch["pixel_values"].shape[0]
+    return n / (time.perf_counter() - start)
+
+
+def step_rate(recipe, batch_size: int, size: int, steps: int, device: torch.device) -> float:
+    """Images/s of forward + backward + SGD step of the recipe's full-size model on an in-memory batch."""
+    torch.manual_seed(0)
+    model = ic.create_model(recipe, ic.ModelArguments(), recipe.num_classes)
+    wrapped = ic.ImageClassifier(model, recipe.mean, recipe.std, channels_last=True).to(device).train()
+    opt = torch.optim.SGD(wrapped.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    x = torch.randint(0, 256, (batch_size, 3, size, size), dtype=torch.uint8, device=device)
+    y = torch.randint(0, recipe.num_classes, (batch_size,), device=device)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+    def step():
+        with autocast:
+            loss = wrapped(x, y)["loss"]
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    for _ in range(2):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return batch_size * steps / (time.perf_counter() - start)
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--recipes", default="cifar10_resnet18,imagenet_resnet18")
+    parser.add_argument("--workers", default="0,2", help="comma-separated DataLoader worker counts")
+    parser.add_argument("--batches", type=int, default=20, help="timed batches of the pipeline")
+    parser.add_argument("--steps", type=int, default=None, help="timed training steps (default 2 CPU, 20 GPU)")
+    parser.add_argument("--step_batch", type=int, default=None,
+                        help="training batch (default: the recipe's on a GPU; 32 CIFAR / 8 ImageNet on a CPU)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--data_dir", default=None, help="a local copy of the real data set (save_to_disk)")
+    parser.add_argument("--images", type=int, default=None, help="synthetic images (default 4096 CIFAR, 1024 ImageNet)")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    workers = [int(w) for w in args.workers.split(",")]
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    print(f"# {platform.node() or 'host'}: {cores} CPU cores, device {device}"
+          + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
+          + f", torch {torch.__version__}, {torch.get_num_threads()} torch threads")
+    print("# command: python " + " ".join([os.path.relpath(sys.argv[0]), *(argv if argv is not None else sys.argv[1:])]))
+
+    rows = []
+    for name in args.recipes.split(","):
+        recipe = load_recipe(name)
+        cifar = recipe.kind == "cifar"
+        size = 32 if cifar else 224
+        if args.data_dir:
+            import datasets
+
+            train = datasets.load_from_disk(args.data_dir)[recipe.train_split]
+        else:
+            n = args.images or (4096 if cifar else 1024)
+            train = hub_schema.synthetic_split(recipe.dataset_name, n, image_size=None if cifar else (375, 500))
+        dataset = train.with_transform(ic.make_transform(recipe, ic.DataArguments(), train=True))
+        pipe_batch = recipe.batch_size if cifar else 64
+        batches = min(args.batches, len(train) // pipe_batch - 3)
+        step_batch = args.step_batch or (recipe.batch_size if device.type == "cuda" else (32 if cifar else 8))
+        steps = args.steps or (20 if device.type == "cuda" else 2)
+        train_rate = step_rate(recipe, step_batch, size, steps, device)
+        for w in workers:
+            rate = pipeline_rate(dataset, pipe_batch, w, batches)
+            per_worker = rate / max(w, 1)
+            rows.append({"recipe": name, "workers": w, "pipeline": rate, "step": train_rate, "step_batch": step_batch,
+                         "ratio": rate / train_rate, "per_worker": per_worker})
+
+    header = "| recipe | workers | pipeline img/s | train step img/s (batch) | pipeline / step | img/s per worker |"
+    print(header)
+    print("| --- | --- | --- | --- | --- | --- |")
+    for r in rows:
+        print(f"| {r['recipe']} | {r['workers']} | {r['pipeline']:,.0f} | {r['step']:,.1f} ({r['step_batch']}) | "
+              f"{r['ratio']:,.1f} | {r['per_worker']:,.0f} |")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
