@@ -34,3 +34,4 @@ lint: setup-dev
 
 bench: setup-dev
 	$(PY) bench/overhead.py
+	$(OFFLINE) $(PY) bench/data_pipeline.py

@@ -47,8 +47,9 @@ def load_recipe(name: str):
 
 def pipeline_rate(dataset, batch_size: int, workers: int, batches: int) -> float:
     """Images/s delivered by a DataLoader over `dataset` (worker start-up and 2 warm-up batches excluded)."""
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers,
-                                         collate_fn=ic.collate, drop_last=True)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, shuffle=True, num_workers=workers, collate_fn=ic.collate, drop_last=True
+    )
     it = iter(loader)
     for _ in range(2):
         next(it)
@@ -98,8 +99,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--workers", default="0,2", help="comma-separated DataLoader worker counts")
     parser.add_argument("--batches", type=int, default=20, help="timed batches of the pipeline")
     parser.add_argument("--steps", type=int, default=None, help="timed training steps (default 2 CPU, 20 GPU)")
-    parser.add_argument("--step_batch", type=int, default=None,
-                        help="training batch (default: the recipe's on a GPU; 32 CIFAR / 8 ImageNet on a CPU)")
+    parser.add_argument(
+        "--step_batch",
+        type=int,
+        default=None,
+        help="training batch (default: the recipe's on a GPU; 32 CIFAR / 8 ImageNet on a CPU)",
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--data_dir", default=None, help="a local copy of the real data set (save_to_disk)")
     parser.add_argument("--images", type=int, default=None, help="synthetic images (default 4096 CIFAR, 1024 ImageNet)")
@@ -107,10 +112,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
     device = torch.device(args.device)
     workers = [int(w) for w in args.workers.split(",")]
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    print(f"# {platform.node() or 'host'}: {cores} CPU cores, device {device}"
-          + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
-          + f", torch {torch.__version__}, {torch.get_num_threads()} torch threads")
-    print("# command: python " + " ".join([os.path.relpath(sys.argv[0]), *(argv if argv is not None else sys.argv[1:])]))
+    print(
+        f"# {platform.node() or 'host'}: {cores} CPU cores, device {device}"
+        + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
+        + f", torch {torch.__version__}, {torch.get_num_threads()} torch threads"
+    )
+    print(
+        "# command: python " + " ".join([os.path.relpath(sys.argv[0]), *(argv if argv is not None else sys.argv[1:])])
+    )
 
     rows = []
     for name in args.recipes.split(","):
@@ -133,15 +142,26 @@ def main(argv: list[str] | None = None) -> list[dict]:
         for w in workers:
             rate = pipeline_rate(dataset, pipe_batch, w, batches)
             per_worker = rate / max(w, 1)
-            rows.append({"recipe": name, "workers": w, "pipeline": rate, "step": train_rate, "step_batch": step_batch,
-                         "ratio": rate / train_rate, "per_worker": per_worker})
+            rows.append(
+                {
+                    "recipe": name,
+                    "workers": w,
+                    "pipeline": rate,
+                    "step": train_rate,
+                    "step_batch": step_batch,
+                    "ratio": rate / train_rate,
+                    "per_worker": per_worker,
+                }
+            )
 
     header = "| recipe | workers | pipeline img/s | train step img/s (batch) | pipeline / step | img/s per worker |"
     print(header)
     print("| --- | --- | --- | --- | --- | --- |")
     for r in rows:
-        print(f"| {r['recipe']} | {r['workers']} | {r['pipeline']:,.0f} | {r['step']:,.1f} ({r['step_batch']}) | "
-              f"{r['ratio']:,.1f} | {r['per_worker']:,.0f} |")
+        print(
+            f"| {r['recipe']} | {r['workers']} | {r['pipeline']:,.0f} | {r['step']:,.1f} ({r['step_batch']}) | "
+            f"{r['ratio']:,.1f} | {r['per_worker']:,.0f} |"
+        )
     return rows
 
 

@@ -14,8 +14,13 @@ __all__ = ["AutoDrop", "AutoDropCallback", "AutoDropConfig", "Measurement", "ang
 
 
 def __getattr__(name: str):
+    # Lazy: transformers (callback) and timm (models, hub) load only when asked for.
     if name == "AutoDropCallback":
         from .callback import AutoDropCallback
 
         return AutoDropCallback
+    if name in ("models", "hub", "callback", "demo", "experiments"):
+        import importlib
+
+        return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'hf_autodrop' has no attribute {name!r}")

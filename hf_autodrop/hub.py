@@ -27,8 +27,14 @@ import math
 import shutil
 from pathlib import Path
 
-__all__ = ["DEFAULT_TEMPLATE", "card_data_for", "push_folder", "render_model_card", "save_timm_folder",
-           "write_model_folder"]
+__all__ = [
+    "DEFAULT_TEMPLATE",
+    "card_data_for",
+    "push_folder",
+    "render_model_card",
+    "save_timm_folder",
+    "write_model_folder",
+]
 
 # The template lives beside the recipes, in the repository's model_cards/ folder.
 DEFAULT_TEMPLATE = Path(__file__).resolve().parent.parent / "model_cards" / "image_classification.md"
@@ -39,8 +45,9 @@ CITATION = """@misc{autodrop,
 }"""
 
 
-def save_timm_folder(model, folder: str | Path, *, label_names: list[str] | None = None,
-                     data_config: dict | None = None) -> Path:
+def save_timm_folder(
+    model, folder: str | Path, *, label_names: list[str] | None = None, data_config: dict | None = None
+) -> Path:
     """Write timm's `config.json` + `model.safetensors` for `model` into `folder` (created if needed).
 
     `label_names` (class index -> name) and `data_config` (the preprocessing: `input_size`, `mean`,
@@ -82,14 +89,25 @@ def card_data_for(results: dict, repo_id: str | None = None):
     evals = []
     final = results.get("final_test_error")
     if final is not None:
-        evals.append(EvalResult(metric_type="accuracy", metric_name="Top-1 accuracy (%)",
-                                metric_value=round(100.0 - final, 2), **common))
-        evals.append(EvalResult(metric_type="error", metric_name="Top-1 error (%)",
-                                metric_value=round(final, 2), **common))
+        evals.append(
+            EvalResult(
+                metric_type="accuracy", metric_name="Top-1 accuracy (%)", metric_value=round(100.0 - final, 2), **common
+            )
+        )
+        evals.append(
+            EvalResult(metric_type="error", metric_name="Top-1 error (%)", metric_value=round(final, 2), **common)
+        )
     top5 = results.get("final_top5_error")
     if top5 is not None and results.get("num_classes", 0) > 5:
-        evals.append(EvalResult(metric_type="accuracy", metric_name="Top-5 accuracy (%)", metric_config="top5",
-                                metric_value=round(100.0 - top5, 2), **common))
+        evals.append(
+            EvalResult(
+                metric_type="accuracy",
+                metric_name="Top-5 accuracy (%)",
+                metric_config="top5",
+                metric_value=round(100.0 - top5, 2),
+                **common,
+            )
+        )
     name = repo_id.split("/")[-1] if repo_id else f"{results['model_name']}.{results['recipe']}-{results['schedule']}"
     return ModelCardData(
         model_name=name,
@@ -103,8 +121,9 @@ def card_data_for(results: dict, repo_id: str | None = None):
     )
 
 
-def render_model_card(results: dict, template_path: str | Path | None = None, repo_id: str | None = None,
-                      folder: str | Path | None = None):
+def render_model_card(
+    results: dict, template_path: str | Path | None = None, repo_id: str | None = None, folder: str | Path | None = None
+):
     """Render the model card for one run.
 
     Reads from `results`: `recipe`, `title`, `method`, `schedule`, `drop_factor`, `seed`, `model_name`,
@@ -116,11 +135,15 @@ def render_model_card(results: dict, template_path: str | Path | None = None, re
 
     template_path = Path(template_path or DEFAULT_TEMPLATE)
     if not template_path.is_file():
-        raise FileNotFoundError(f"model card template {template_path} not found; pass template_path= (the "
-                                "repository's model_cards/image_classification.md)")
+        raise FileNotFoundError(
+            f"model card template {template_path} not found; pass template_path= (the "
+            "repository's model_cards/image_classification.md)"
+        )
     paper = results.get("paper") or {}
-    paper_rows = [{"method": _method_name(k), "value": _fmt(v), "ours": k == paper.get("key")}
-                  for k, v in (paper.get("table") or {}).items()]
+    paper_rows = [
+        {"method": _method_name(k), "value": _fmt(v), "ours": k == paper.get("key")}
+        for k, v in (paper.get("table") or {}).items()
+    ]
     training = (results.get("config") or {}).get("training") or {}
     load_name = f"hf-hub:{repo_id}" if repo_id else f"local-dir:{folder or '<folder>'}"
     return ModelCard.from_template(
@@ -142,8 +165,15 @@ def render_model_card(results: dict, template_path: str | Path | None = None, re
         top5_error=_fmt(results.get("final_top5_error")) if results.get("num_classes", 0) > 5 else None,
         paper_value=_fmt(paper.get("value")),
         paper_rows=paper_rows,
-        drops=[{"epoch": _fmt(d["epoch"], 2), "step": d["step"], "lr": f"{d['lr']:.3g}",
-                "lr_before": f"{d['lr_before']:.3g}"} for d in results.get("drops", [])],
+        drops=[
+            {
+                "epoch": _fmt(d["epoch"], 2),
+                "step": d["step"],
+                "lr": f"{d['lr']:.3g}",
+                "lr_before": f"{d['lr_before']:.3g}",
+            }
+            for d in results.get("drops", [])
+        ],
         command=results.get("command", ""),
         wall_hours=_fmt((results.get("wall_time_s") or 0.0) / 3600.0),
         epochs=_fmt(results.get("epochs"), 0),
@@ -160,9 +190,17 @@ def render_model_card(results: dict, template_path: str | Path | None = None, re
     )
 
 
-def write_model_folder(model, folder: str | Path, results: dict, *, curve_path: str | Path | None = None,
-                       template_path: str | Path | None = None, repo_id: str | None = None,
-                       label_names: list[str] | None = None, data_config: dict | None = None) -> Path:
+def write_model_folder(
+    model,
+    folder: str | Path,
+    results: dict,
+    *,
+    curve_path: str | Path | None = None,
+    template_path: str | Path | None = None,
+    repo_id: str | None = None,
+    label_names: list[str] | None = None,
+    data_config: dict | None = None,
+) -> Path:
     """Write the timm checkpoint, the curve, `results.json` and the card `README.md` into `folder`."""
     folder = save_timm_folder(model, folder, label_names=label_names, data_config=data_config)
     if curve_path is not None:
@@ -173,13 +211,20 @@ def write_model_folder(model, folder: str | Path, results: dict, *, curve_path: 
     return folder
 
 
-def push_folder(folder: str | Path, repo_id: str, *, token: str | None = None, private: bool | None = None,
-                commit_message: str = "Upload AutoDrop recipe checkpoint") -> str:
+def push_folder(
+    folder: str | Path,
+    repo_id: str,
+    *,
+    token: str | None = None,
+    private: bool | None = None,
+    commit_message: str = "Upload AutoDrop recipe checkpoint",
+) -> str:
     """Create the model repo if needed and upload `folder` to it; returns the commit URL."""
     from huggingface_hub import HfApi
 
     api = HfApi(token=token, library_name="hf_autodrop")
     repo_id = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model").repo_id
-    commit = api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message=commit_message,
-                               repo_type="model")
+    commit = api.upload_folder(
+        repo_id=repo_id, folder_path=str(folder), commit_message=commit_message, repo_type="model"
+    )
     return str(getattr(commit, "commit_url", commit))

@@ -62,8 +62,9 @@ class CifarResNet(ResNet):
     """
 
     def __init__(self, layers, num_classes: int = 10, in_chans: int = 3, zero_init_last: bool = False, **kwargs):
-        super().__init__(BasicBlock, layers, num_classes=num_classes, in_chans=in_chans,
-                         zero_init_last=zero_init_last, **kwargs)
+        super().__init__(
+            BasicBlock, layers, num_classes=num_classes, in_chans=in_chans, zero_init_last=zero_init_last, **kwargs
+        )
         self.conv1 = _cifar_stem_conv(in_chans, self.bn1.num_features)
         self.maxpool = nn.Identity()
         # Without the stride-2 stem conv and the max-pool every reduction is 4x smaller.

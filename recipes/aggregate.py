@@ -68,21 +68,23 @@ def aggregate(runs: list[dict]) -> list[dict]:
         mean, std = _mean_std([r["final_test_error"] for r in group])
         best_epochs = [r["best_epoch"] for r in group if r.get("best_epoch") is not None]
         paper = (group[0].get("paper") or {}).get("value")
-        rows.append({
-            "recipe": recipe,
-            "title": group[0]["title"],
-            "schedule": schedule,
-            "drop_factor": rho,
-            "method": ("AutoDrop" if schedule == "autodrop" else "Baseline (multistep)") + f" (rho = {rho:g})",
-            "seeds": [r["seed"] for r in group],
-            "final_test_error_mean": mean,
-            "final_test_error_std": std,
-            "final_test_errors": [r["final_test_error"] for r in group],
-            "best_epoch_mean": statistics.fmean(best_epochs) if best_epochs else None,
-            "drop_epochs": [r.get("drop_epochs", []) for r in group],
-            "paper_mean": paper[0] if paper else None,
-            "paper_std": paper[1] if paper else None,
-        })
+        rows.append(
+            {
+                "recipe": recipe,
+                "title": group[0]["title"],
+                "schedule": schedule,
+                "drop_factor": rho,
+                "method": ("AutoDrop" if schedule == "autodrop" else "Baseline (multistep)") + f" (rho = {rho:g})",
+                "seeds": [r["seed"] for r in group],
+                "final_test_error_mean": mean,
+                "final_test_error_std": std,
+                "final_test_errors": [r["final_test_error"] for r in group],
+                "best_epoch_mean": statistics.fmean(best_epochs) if best_epochs else None,
+                "drop_epochs": [r.get("drop_epochs", []) for r in group],
+                "paper_mean": paper[0] if paper else None,
+                "paper_std": paper[1] if paper else None,
+            }
+        )
     return rows
 
 

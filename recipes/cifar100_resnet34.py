@@ -26,8 +26,12 @@ RECIPE = Recipe(
     model_name="resnet34_cifar",
     learning_rate=0.05,
     nesterov=True,
-    paper={"multistep-0.2": (21.91, 0.20), "autodrop-0.1": (23.27, 0.48), "autodrop-0.2": (21.82, 0.50),
-           "autodrop-0.5": (21.43, 0.29)},
+    paper={
+        "multistep-0.2": (21.91, 0.20),
+        "autodrop-0.1": (23.27, 0.48),
+        "autodrop-0.2": (21.82, 0.50),
+        "autodrop-0.5": (21.43, 0.29),
+    },
     expected_hours="1 (estimate)",
 )
 

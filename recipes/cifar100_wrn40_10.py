@@ -27,8 +27,12 @@ RECIPE = Recipe(
     model_name="wrn40_10_cifar",
     learning_rate=0.1,
     nesterov=False,
-    paper={"multistep-0.2": (19.16, 0.11), "autodrop-0.1": (18.25, 0.33), "autodrop-0.2": (18.17, 0.25),
-           "autodrop-0.5": (23.15, 3.43)},
+    paper={
+        "multistep-0.2": (19.16, 0.11),
+        "autodrop-0.1": (18.25, 0.33),
+        "autodrop-0.2": (18.17, 0.25),
+        "autodrop-0.5": (23.15, 3.43),
+    },
     expected_hours="5.5 (estimate)",
 )
 

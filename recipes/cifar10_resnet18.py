@@ -28,8 +28,12 @@ RECIPE = Recipe(
     model_name="resnet18_cifar",
     learning_rate=0.05,
     nesterov=True,
-    paper={"multistep-0.2": (4.87, 0.085), "autodrop-0.1": (5.07, 0.465), "autodrop-0.2": (4.61, 0.173),
-           "autodrop-0.5": (4.71, 0.111)},
+    paper={
+        "multistep-0.2": (4.87, 0.085),
+        "autodrop-0.1": (5.07, 0.465),
+        "autodrop-0.2": (4.61, 0.173),
+        "autodrop-0.5": (4.71, 0.111),
+    },
     expected_hours="0.5 (estimate)",
 )
 

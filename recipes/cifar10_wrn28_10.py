@@ -26,8 +26,12 @@ RECIPE = Recipe(
     model_name="wrn28_10_cifar",
     learning_rate=0.1,
     nesterov=False,
-    paper={"multistep-0.2": (3.77, 0.05), "autodrop-0.1": (3.73, 0.26), "autodrop-0.2": (3.73, 0.10),
-           "autodrop-0.5": (4.29, 1.13)},
+    paper={
+        "multistep-0.2": (3.77, 0.05),
+        "autodrop-0.1": (3.73, 0.26),
+        "autodrop-0.2": (3.73, 0.10),
+        "autodrop-0.5": (4.29, 1.13),
+    },
     expected_hours="3.5 (estimate)",
 )
 

@@ -69,11 +69,13 @@ def features(dataset_name: str):
     if dataset_name == "uoft-cs/cifar10":
         return datasets.Features({"img": datasets.Image(), "label": datasets.ClassLabel(names=CIFAR10_NAMES)})
     if dataset_name == "uoft-cs/cifar100":
-        return datasets.Features({
-            "img": datasets.Image(),
-            "fine_label": datasets.ClassLabel(names=CIFAR100_FINE_NAMES),
-            "coarse_label": datasets.ClassLabel(names=CIFAR100_COARSE_NAMES),
-        })
+        return datasets.Features(
+            {
+                "img": datasets.Image(),
+                "fine_label": datasets.ClassLabel(names=CIFAR100_FINE_NAMES),
+                "coarse_label": datasets.ClassLabel(names=CIFAR100_COARSE_NAMES),
+            }
+        )
     if dataset_name == "ILSVRC/imagenet-1k":
         return datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=imagenet_names())})
     raise ValueError(f"no schema for {dataset_name!r}; known: {sorted(SPLITS)}")
@@ -110,16 +112,26 @@ def synthetic_split(dataset_name: str, n: int, seed: int = 0, image_size: tuple[
     return datasets.Dataset.from_dict(columns, features=feats)
 
 
-def write_synthetic(dataset_name: str, path: str | Path, n_train: int, n_eval: int, *, layout: str = "save_to_disk",
-                    image_size: tuple[int, int] | None = None, seed: int = 0) -> Path:
+def write_synthetic(
+    dataset_name: str,
+    path: str | Path,
+    n_train: int,
+    n_eval: int,
+    *,
+    layout: str = "save_to_disk",
+    image_size: tuple[int, int] | None = None,
+    seed: int = 0,
+) -> Path:
     """Write a synthetic copy of `dataset_name` to `path` in `layout` "save_to_disk" or "parquet" (the Hub's)."""
     import datasets
 
     train_split, eval_split = SPLITS[dataset_name]
-    dd = datasets.DatasetDict({
-        train_split: synthetic_split(dataset_name, n_train, seed, image_size),
-        eval_split: synthetic_split(dataset_name, n_eval, seed + 1, image_size),
-    })
+    dd = datasets.DatasetDict(
+        {
+            train_split: synthetic_split(dataset_name, n_train, seed, image_size),
+            eval_split: synthetic_split(dataset_name, n_eval, seed + 1, image_size),
+        }
+    )
     path = Path(path)
     if layout == "save_to_disk":
         dd.save_to_disk(str(path))
@@ -134,10 +146,14 @@ def write_synthetic(dataset_name: str, path: str | Path, n_train: int, n_eval: i
             ds.to_parquet(str(path / "data" / f"{split}-00000-of-00001.parquet"))
             splits.add(SplitInfo(split, num_examples=len(ds)))
         # The Hub's README: which files make which split, and the features and split sizes (`dataset_info`).
-        card = DatasetCardData(configs=[{"config_name": "default", "data_files": [
-            {"split": split, "path": f"data/{split}-*"} for split in dd]}])
+        card = DatasetCardData(
+            configs=[
+                {"config_name": "default", "data_files": [{"split": split, "path": f"data/{split}-*"} for split in dd]}
+            ]
+        )
         DatasetInfosDict({"default": DatasetInfo(features=features(dataset_name), splits=splits)}).to_dataset_card_data(
-            card)
+            card
+        )
         DatasetCard(f"---\n{card}\n---\n").save(path / "README.md")
     else:
         raise ValueError(f"layout must be 'save_to_disk' or 'parquet', got {layout!r}")

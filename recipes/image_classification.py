@@ -93,13 +93,36 @@ def _data_sets() -> dict[str, dict]:
 
     cifar = dict(kind="cifar", image_column="img", train_split="train", eval_split="test")
     return {
-        "cifar10": dict(cifar, dataset_name="uoft-cs/cifar10", dataset_pretty="CIFAR-10", num_classes=10,
-                        label_column="label", mean=CIFAR10_MEAN, std=CIFAR10_STD),
-        "cifar100": dict(cifar, dataset_name="uoft-cs/cifar100", dataset_pretty="CIFAR-100", num_classes=100,
-                         label_column="fine_label", mean=CIFAR100_MEAN, std=CIFAR100_STD),
-        "imagenet": dict(kind="imagenet", dataset_name="ILSVRC/imagenet-1k", dataset_pretty="ImageNet-1k",
-                         num_classes=1000, image_column="image", label_column="label", train_split="train",
-                         eval_split="validation", mean=IMAGENET_MEAN, std=IMAGENET_STD),
+        "cifar10": dict(
+            cifar,
+            dataset_name="uoft-cs/cifar10",
+            dataset_pretty="CIFAR-10",
+            num_classes=10,
+            label_column="label",
+            mean=CIFAR10_MEAN,
+            std=CIFAR10_STD,
+        ),
+        "cifar100": dict(
+            cifar,
+            dataset_name="uoft-cs/cifar100",
+            dataset_pretty="CIFAR-100",
+            num_classes=100,
+            label_column="fine_label",
+            mean=CIFAR100_MEAN,
+            std=CIFAR100_STD,
+        ),
+        "imagenet": dict(
+            kind="imagenet",
+            dataset_name="ILSVRC/imagenet-1k",
+            dataset_pretty="ImageNet-1k",
+            num_classes=1000,
+            image_column="image",
+            label_column="label",
+            train_split="train",
+            eval_split="validation",
+            mean=IMAGENET_MEAN,
+            std=IMAGENET_STD,
+        ),
     }
 
 
@@ -119,8 +142,10 @@ class DataArguments:
     dataset_config_name: str | None = field(default=None, metadata={"help": "Dataset configuration name."})
     data_dir: str | None = field(
         default=None,
-        metadata={"help": "Local copy: a folder written by `DatasetDict.save_to_disk`, or a folder in the Hub's "
-                          "layout (parquet files under data/) that `load_dataset(folder)` reads."},
+        metadata={
+            "help": "Local copy: a folder written by `DatasetDict.save_to_disk`, or a folder in the Hub's "
+            "layout (parquet files under data/) that `load_dataset(folder)` reads."
+        },
     )
     train_split: str | None = field(default=None, metadata={"help": "Training split (default: the recipe's)."})
     eval_split: str | None = field(default=None, metadata={"help": "Test split (default: the recipe's)."})
@@ -130,11 +155,14 @@ class DataArguments:
     streaming: bool = field(default=False, metadata={"help": "Stream from the Hub instead of downloading first."})
     shuffle_buffer_size: int = field(default=10_000, metadata={"help": "Shuffle buffer when streaming."})
     num_train_examples: int | None = field(
-        default=None, metadata={"help": "Training set size when streaming and the dataset info lacks it."})
+        default=None, metadata={"help": "Training set size when streaming and the dataset info lacks it."}
+    )
     max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N training images."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Use only the first N test images."})
     image_size: int | None = field(
-        default=None, metadata={"help": "ImageNet: training crop and eval centre crop (224); eval resizes to size/0.875."})
+        default=None,
+        metadata={"help": "ImageNet: training crop and eval centre crop (224); eval resizes to size/0.875."},
+    )
 
 
 @dataclass
@@ -143,7 +171,8 @@ class ModelArguments:
 
     model_name: str | None = field(default=None, metadata={"help": "timm model name (default: the recipe's)."})
     model_kwargs: str | None = field(
-        default=None, metadata={"help": "JSON dict passed to timm.create_model, e.g. '{\"widen_factor\": 1}'."})
+        default=None, metadata={"help": "JSON dict passed to timm.create_model, e.g. '{\"widen_factor\": 1}'."}
+    )
     channels_last: bool = field(default=True, metadata={"help": "Run the model in channels_last memory format."})
 
 
@@ -153,17 +182,23 @@ class ScheduleArguments:
 
     schedule: str = field(
         default="autodrop",
-        metadata={"help": "autodrop: AutoDrop decides when the lr drops; multistep: the paper's fixed baseline.",
-                  "choices": list(SCHEDULES)},
+        metadata={
+            "help": "autodrop: AutoDrop decides when the lr drops; multistep: the paper's fixed baseline.",
+            "choices": list(SCHEDULES),
+        },
     )
     milestones: str | None = field(
-        default=None, metadata={"help": "multistep: comma-separated epochs of the drops (default: the recipe's)."})
+        default=None, metadata={"help": "multistep: comma-separated epochs of the drops (default: the recipe's)."}
+    )
     monitor_angles: bool = field(
-        default=True, metadata={"help": "multistep: also log AutoDrop's angles (dry_run, nothing changes)."})
+        default=True, metadata={"help": "multistep: also log AutoDrop's angles (dry_run, nothing changes)."}
+    )
     weight_decay_all: bool = field(
         default=True,
-        metadata={"help": "Decay every parameter (BN and biases too), as the paper's setups do; false uses the "
-                          "Trainer's default groups (no decay for biases and *norm* parameters)."},
+        metadata={
+            "help": "Decay every parameter (BN and biases too), as the paper's setups do; false uses the "
+            "Trainer's default groups (no decay for biases and *norm* parameters)."
+        },
     )
 
 
@@ -312,10 +347,12 @@ def _load_split(data_args: DataArguments, name: str, split: str):
         path = Path(data_args.data_dir)
         if (path / "dataset_dict.json").is_file():
             return datasets.load_from_disk(str(path))[split]
-        return datasets.load_dataset(str(path), split=split, streaming=data_args.streaming,
-                                     cache_dir=data_args.cache_dir)
-    return datasets.load_dataset(name, data_args.dataset_config_name, split=split, streaming=data_args.streaming,
-                                 cache_dir=data_args.cache_dir)
+        return datasets.load_dataset(
+            str(path), split=split, streaming=data_args.streaming, cache_dir=data_args.cache_dir
+        )
+    return datasets.load_dataset(
+        name, data_args.dataset_config_name, split=split, streaming=data_args.streaming, cache_dir=data_args.cache_dir
+    )
 
 
 def load_splits(recipe: Recipe, data_args: DataArguments, seed: int) -> Splits:
@@ -349,8 +386,12 @@ def load_splits(recipe: Recipe, data_args: DataArguments, seed: int) -> Splits:
         train = train.shuffle(seed=seed, buffer_size=data_args.shuffle_buffer_size)
         columns = list(train.column_names or [])
         train = train.map(make_transform(recipe, data_args, True), batched=True, batch_size=64, remove_columns=columns)
-        test = test.map(make_transform(recipe, data_args, False), batched=True, batch_size=64,
-                        remove_columns=list(test.column_names or []))
+        test = test.map(
+            make_transform(recipe, data_args, False),
+            batched=True,
+            batch_size=64,
+            remove_columns=list(test.column_names or []),
+        )
         return Splits(train, test, label_names, num_classes, num_train, streaming=True)
 
     if data_args.max_train_samples is not None:
@@ -447,22 +488,19 @@ def _trainer_class():
     class RecipeTrainer(Trainer):
         """`Trainer` with the paper's weight decay (every parameter) and the fixed multistep baseline."""
 
-        def __init__(self, *args, milestones: list[int] | None = None, drop_factor: float = 0.1,
-                     steps_per_epoch: int | None = None, weight_decay_all: bool = True, **kwargs):
+        def __init__(
+            self,
+            *args,
+            milestones: list[int] | None = None,
+            drop_factor: float = 0.1,
+            steps_per_epoch: int | None = None,
+            weight_decay_all: bool = True,
+            **kwargs,
+        ):
             self.milestones, self.drop_factor = milestones, drop_factor
             self.weight_decay_all = weight_decay_all
             self.steps_per_epoch = steps_per_epoch  # known in advance only when streaming
             super().__init__(*args, **kwargs)
-
-        def log(self, logs: dict, start_time: float | None = None) -> None:
-            # `hf_autodrop.callback.install` logs AutoDrop's metrics through `trainer.log` from inside
-            # on_step_end/on_epoch_end; the `on_log` event clears `control.should_log`, which the
-            # Trainer had just set for its own loss log, so the training loss would never be logged.
-            # Keep the flag across AutoDrop's logs (remove once the core does this itself).
-            pending = self.control.should_log
-            super().log(logs, start_time)
-            if any(key.startswith("autodrop/") for key in logs):
-                self.control.should_log = pending
 
         def get_decay_parameter_names(self, model) -> list[str]:
             if self.weight_decay_all:
@@ -485,8 +523,11 @@ def _trainer_class():
                     raise ValueError("multistep needs the number of steps per epoch; pass --num_train_examples")
                 self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
                     optimizer or self.optimizer,
-                    EpochMilestones([m * self.steps_per_epoch for m in self.milestones], self.drop_factor,
-                                    self.args.get_warmup_steps(num_training_steps)),
+                    EpochMilestones(
+                        [m * self.steps_per_epoch for m in self.milestones],
+                        self.drop_factor,
+                        self.args.get_warmup_steps(num_training_steps),
+                    ),
                 )
                 self._created_lr_scheduler = True
             return self.lr_scheduler
@@ -513,8 +554,14 @@ def _lr_tracker():
         def _check(self, state, optimizer) -> float:
             lr = float(optimizer.param_groups[0]["lr"])
             if self.last is not None and lr < self.last * (1 - 1e-9):
-                state.log_history.append({"recipe/lr_drop": lr, "recipe/lr_before": self.last,
-                                          "epoch": state.epoch, "step": state.global_step})
+                state.log_history.append(
+                    {
+                        "recipe/lr_drop": lr,
+                        "recipe/lr_before": self.last,
+                        "epoch": state.epoch,
+                        "step": state.global_step,
+                    }
+                )
             self.last = lr
             return lr
 
@@ -540,8 +587,17 @@ def _lr_tracker():
 # ---------------------------------------------------------------------------------------------- results
 def _versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
-    for pkg in ("hf_autodrop", "torch", "torchvision", "timm", "transformers", "accelerate", "datasets",
-                "huggingface_hub", "safetensors"):
+    for pkg in (
+        "hf_autodrop",
+        "torch",
+        "torchvision",
+        "timm",
+        "transformers",
+        "accelerate",
+        "datasets",
+        "huggingface_hub",
+        "safetensors",
+    ):
         try:
             out[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
@@ -589,17 +645,37 @@ def summarize(log_history: list[dict], measurements_available: bool) -> dict:
     losses = [h for h in log_history if "loss" in h and "epoch" in h]
     angles = [h for h in log_history if "autodrop/angle" in h]
     lrs = [h for h in log_history if "recipe/lr" in h]
-    drops = [{"epoch": h["epoch"], "step": h["step"], "lr": h["recipe/lr_drop"], "lr_before": h["recipe/lr_before"]}
-             for h in log_history if "recipe/lr_drop" in h]
+    drops = [
+        {"epoch": h["epoch"], "step": h["step"], "lr": h["recipe/lr_drop"], "lr_before": h["recipe/lr_before"]}
+        for h in log_history
+        if "recipe/lr_drop" in h
+    ]
     out: dict = {
         "history": {
-            "eval": [{"epoch": h["epoch"], "step": h.get("step"), "top1_error": h["eval_top1_error"],
-                      "top5_error": h.get("eval_top5_error"), "loss": h.get("eval_loss")} for h in evals],
+            "eval": [
+                {
+                    "epoch": h["epoch"],
+                    "step": h.get("step"),
+                    "top1_error": h["eval_top1_error"],
+                    "top5_error": h.get("eval_top5_error"),
+                    "loss": h.get("eval_loss"),
+                }
+                for h in evals
+            ],
             "train_loss": [{"epoch": h["epoch"], "loss": h["loss"]} for h in losses],
             "lr": [{"epoch": h["epoch"], "lr": h["recipe/lr"]} for h in lrs],
-            "angle": [{"epoch": h["epoch"], "angle": h["autodrop/angle"], "angle_change": h.get("autodrop/angle_change"),
-                       "threshold": h.get("autodrop/threshold"), "phase": h.get("autodrop/phase")}
-                      for h in angles] if measurements_available else [],
+            "angle": [
+                {
+                    "epoch": h["epoch"],
+                    "angle": h["autodrop/angle"],
+                    "angle_change": h.get("autodrop/angle_change"),
+                    "threshold": h.get("autodrop/threshold"),
+                    "phase": h.get("autodrop/phase"),
+                }
+                for h in angles
+            ]
+            if measurements_available
+            else [],
         },
         "drops": drops,
         "drop_epochs": [d["epoch"] for d in drops],
@@ -704,9 +780,13 @@ def run(recipe: Recipe, argv: list[str] | None = None) -> dict:
     total_batch = training_args.per_device_train_batch_size * training_args.world_size
     total_batch *= training_args.gradient_accumulation_steps
     if total_batch != recipe.batch_size:
-        logger.warning("Total batch size %d differs from the paper's %d: set --per_device_train_batch_size to "
-                       "%d / number of processes to match it (or scale --learning_rate).",
-                       total_batch, recipe.batch_size, recipe.batch_size)
+        logger.warning(
+            "Total batch size %d differs from the paper's %d: set --per_device_train_batch_size to "
+            "%d / number of processes to match it (or scale --learning_rate).",
+            total_batch,
+            recipe.batch_size,
+            recipe.batch_size,
+        )
 
     steps_per_epoch = None
     if splits.streaming:
@@ -752,8 +832,11 @@ def run(recipe: Recipe, argv: list[str] | None = None) -> dict:
         trainer.evaluate()
     train_end = time.time()
 
-    method = f"AutoDrop (rho = {autodrop_cfg.drop_factor:g})" if not multistep else \
-        f"Baseline, multistep x{autodrop_cfg.drop_factor:g} at epochs {', '.join(map(str, milestones))}"
+    method = (
+        f"AutoDrop (rho = {autodrop_cfg.drop_factor:g})"
+        if not multistep
+        else f"Baseline, multistep x{autodrop_cfg.drop_factor:g} at epochs {', '.join(map(str, milestones))}"
+    )
     paper_key = f"{sched_args.schedule}-{autodrop_cfg.drop_factor:g}"
     results = {
         "recipe": recipe.name,
@@ -793,18 +876,44 @@ def run(recipe: Recipe, argv: list[str] | None = None) -> dict:
     results.update(summarize(trainer.state.log_history, monitored))
     if callback is not None and not multistep:
         results["autodrop_drops"] = [
-            {"interval": m["interval"], "epoch": m["epoch"], "step": m["step"], "lrs": list(m["lrs"]),
-             "threshold": m["threshold"]} for m in callback.measurements if m["dropped"]
+            {
+                "interval": m["interval"],
+                "epoch": m["epoch"],
+                "step": m["step"],
+                "lrs": list(m["lrs"]),
+                "threshold": m["threshold"],
+            }
+            for m in callback.measurements
+            if m["dropped"]
         ]
 
     if trainer.is_world_process_zero():
-        write_outputs(trainer, results, splits, recipe, data_args, push=push, hub_model_id=hub_model_id,
-                      hub_token=hub_token, private=training_args.hub_private_repo)
+        write_outputs(
+            trainer,
+            results,
+            splits,
+            recipe,
+            data_args,
+            push=push,
+            hub_model_id=hub_model_id,
+            hub_token=hub_token,
+            private=training_args.hub_private_repo,
+        )
     return results
 
 
-def write_outputs(trainer, results: dict, splits: Splits, recipe: Recipe, data_args: DataArguments, *,
-                  push: bool, hub_model_id: str | None, hub_token: str | None, private: bool | None) -> Path:
+def write_outputs(
+    trainer,
+    results: dict,
+    splits: Splits,
+    recipe: Recipe,
+    data_args: DataArguments,
+    *,
+    push: bool,
+    hub_model_id: str | None,
+    hub_token: str | None,
+    private: bool | None,
+) -> Path:
     """results.json, the curve, and the timm model folder with its card (pushed when asked)."""
     from hf_autodrop import hub
 
@@ -819,15 +928,30 @@ def write_outputs(trainer, results: dict, splits: Splits, recipe: Recipe, data_a
     results["model_folder"] = str(folder)
     results["hub_model_id"] = hub_model_id if push else None
     hub.write_model_folder(
-        model, folder, results, curve_path=curve, template_path=MODEL_CARD_TEMPLATE, repo_id=hub_model_id,
+        model,
+        folder,
+        results,
+        curve_path=curve,
+        template_path=MODEL_CARD_TEMPLATE,
+        repo_id=hub_model_id,
         label_names=splits.label_names,
-        data_config={"input_size": (3, size, size), "mean": recipe.mean, "std": recipe.std,
-                     "crop_pct": crop_pct, "interpolation": "bilinear"},
+        data_config={
+            "input_size": (3, size, size),
+            "mean": recipe.mean,
+            "std": recipe.std,
+            "crop_pct": crop_pct,
+            "interpolation": "bilinear",
+        },
     )
     (out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
     if push:
-        url = hub.push_folder(folder, hub_model_id, token=hub_token, private=private,
-                              commit_message=f"{results['title']}: {results['method']}, seed {results['seed']}")
+        url = hub.push_folder(
+            folder,
+            hub_model_id,
+            token=hub_token,
+            private=private,
+            commit_message=f"{results['title']}: {results['method']}, seed {results['seed']}",
+        )
         logger.info("Pushed %s to %s", folder, url)
     return out
 
@@ -835,7 +959,13 @@ def write_outputs(trainer, results: dict, splits: Splits, recipe: Recipe, data_a
 def main(recipe: Recipe, argv: list[str] | None = None) -> dict:
     results = run(recipe, argv)
     if results.get("final_test_error") is not None:
-        logger.warning("%s, %s: final test error %.2f%%, best %.2f%% at epoch %s (paper: %s)", recipe.title,
-                       results["method"], results["final_test_error"], results["best_test_error"],
-                       results["best_epoch"], results["paper"]["value"])
+        logger.warning(
+            "%s, %s: final test error %.2f%%, best %.2f%% at epoch %s (paper: %s)",
+            recipe.title,
+            results["method"],
+            results["final_test_error"],
+            results["best_test_error"],
+            results["best_epoch"],
+            results["paper"]["value"],
+        )
     return results

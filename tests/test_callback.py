@@ -86,7 +86,9 @@ class TestLogging:
         # Through trainer.log, the entries are also in log_history, once each, and the Trainer's own
         # per-epoch loss log still happens.
         assert len(autodrop_entries(trainer)) == 6
-        assert [h["step"] for h in trainer.state.log_history if "loss" in h] == [STEPS_PER_EPOCH * k for k in range(1, 7)]
+        assert [h["step"] for h in trainer.state.log_history if "loss" in h] == [
+            STEPS_PER_EPOCH * k for k in range(1, 7)
+        ]
 
     def test_drop_is_one_info_line(self, tmp_path, autodrop_logs):
         make_trainer(tmp_path, [AutoDropCallback(drop_delay=1, drop_factor=0.5, **ALWAYS)]).train()

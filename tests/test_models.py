@@ -64,9 +64,15 @@ def test_wide_resnet_blocks_are_preactivation_with_projection_shortcuts():
 
 def _save(model, folder):
     return hub.save_timm_folder(
-        model, folder, label_names=[f"class_{i}" for i in range(model.num_classes)],
-        data_config={"input_size": (3, 32, 32), "mean": hf_autodrop.models.CIFAR10_MEAN,
-                     "std": hf_autodrop.models.CIFAR10_STD, "crop_pct": 1.0},
+        model,
+        folder,
+        label_names=[f"class_{i}" for i in range(model.num_classes)],
+        data_config={
+            "input_size": (3, 32, 32),
+            "mean": hf_autodrop.models.CIFAR10_MEAN,
+            "std": hf_autodrop.models.CIFAR10_STD,
+            "crop_pct": 1.0,
+        },
     )
 
 
@@ -106,8 +112,9 @@ def test_hub_id_loads_from_the_hub_cache_offline(tmp_path):
     snapshot.mkdir(parents=True)
     for f in folder.iterdir():
         (snapshot / f.name).write_bytes(f.read_bytes())
-    loaded = timm.create_model("hf-hub:someone/resnet18-cifar10-autodrop", pretrained=True,
-                               cache_dir=str(tmp_path / "cache")).eval()
+    loaded = timm.create_model(
+        "hf-hub:someone/resnet18-cifar10-autodrop", pretrained=True, cache_dir=str(tmp_path / "cache")
+    ).eval()
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)

@@ -59,8 +59,9 @@ def hub_data(tmp_path_factory):
     def get(dataset_name: str, layout: str = "save_to_disk") -> Path:
         key = (dataset_name, layout)
         if key not in made:
-            made[key] = hub_schema.write_synthetic(dataset_name, root / f"{dataset_name.replace('/', '--')}-{layout}",
-                                                   N_TRAIN, N_EVAL, layout=layout)
+            made[key] = hub_schema.write_synthetic(
+                dataset_name, root / f"{dataset_name.replace('/', '--')}-{layout}", N_TRAIN, N_EVAL, layout=layout
+            )
         return made[key]
 
     return get
@@ -68,10 +69,23 @@ def hub_data(tmp_path_factory):
 
 def tiny_args(name: str, data_dir: Path, out: Path, *extra: str) -> list[str]:
     args = [
-        "--data_dir", str(data_dir), "--output_dir", str(out), "--use_cpu",
-        "--per_device_train_batch_size", str(BATCH), "--per_device_eval_batch_size", str(N_EVAL),
-        "--dataloader_num_workers", "0",  # (the recipe then turns its default persistent workers off)
-        "--save_strategy", "no", "--disable_tqdm", "true", "--model_kwargs", SMALL_MODEL[name],
+        "--data_dir",
+        str(data_dir),
+        "--output_dir",
+        str(out),
+        "--use_cpu",
+        "--per_device_train_batch_size",
+        str(BATCH),
+        "--per_device_eval_batch_size",
+        str(N_EVAL),
+        "--dataloader_num_workers",
+        "0",  # (the recipe then turns its default persistent workers off)
+        "--save_strategy",
+        "no",
+        "--disable_tqdm",
+        "true",
+        "--model_kwargs",
+        SMALL_MODEL[name],
     ]
     if name.startswith("imagenet"):
         args += ["--image_size", "32"]
@@ -79,8 +93,18 @@ def tiny_args(name: str, data_dir: Path, out: Path, *extra: str) -> list[str]:
 
 
 # AutoDrop that must drop at the third interval (the first check), one interval per optimizer step.
-AUTODROP_NOW = ["--max_steps", "3", "--interval_steps", "1", "--drop_delay", "0", "--threshold", "180",
-                "--max_threshold", "180"]
+AUTODROP_NOW = [
+    "--max_steps",
+    "3",
+    "--interval_steps",
+    "1",
+    "--drop_delay",
+    "0",
+    "--threshold",
+    "180",
+    "--max_threshold",
+    "180",
+]
 # The baseline with its first drop after epoch 1 = optimizer step 4.
 MULTISTEP_NOW = ["--schedule", "multistep", "--milestones", "1", "--max_steps", "5"]
 
@@ -96,18 +120,30 @@ def reloaded_error(folder: Path, recipe, data_dir: Path) -> float:
     data_args = ic.DataArguments(image_size=cfg["input_size"][-1] if recipe.kind == "imagenet" else None)
     batch = ic.make_transform(recipe, data_args, train=False)(test[:])
     x = (batch["pixel_values"].float() / 255 - torch.tensor(cfg["mean"]).view(1, 3, 1, 1)) / torch.tensor(
-        cfg["std"]).view(1, 3, 1, 1)
+        cfg["std"]
+    ).view(1, 3, 1, 1)
     with torch.no_grad():
         pred = model(x).argmax(-1)
     return 100.0 * (1.0 - (pred == batch["labels"]).float().mean().item())
 
 
-def check_outputs(out: Path, recipe, results: dict, data_dir: Path, args: list[str], *, lr0: float,
-                  drop_step: int):
+def check_outputs(out: Path, recipe, results: dict, data_dir: Path, args: list[str], *, lr0: float, drop_step: int):
     on_disk = json.loads((out / "results.json").read_text())
     assert on_disk["final_test_error"] == results["final_test_error"]
-    for key in ("config", "seed", "final_test_error", "best_test_error", "best_epoch", "drop_epochs", "drop_lrs",
-                "wall_time_s", "versions", "hardware", "command", "paper"):
+    for key in (
+        "config",
+        "seed",
+        "final_test_error",
+        "best_test_error",
+        "best_epoch",
+        "drop_epochs",
+        "drop_lrs",
+        "wall_time_s",
+        "versions",
+        "hardware",
+        "command",
+        "paper",
+    ):
         assert key in on_disk, key
     assert on_disk["versions"]["timm"] == timm.__version__ and on_disk["hardware"]["device"] == "cpu"
     assert on_disk["best_test_error"] <= on_disk["final_test_error"]
@@ -123,7 +159,8 @@ def check_outputs(out: Path, recipe, results: dict, data_dir: Path, args: list[s
 
     folder = out / "model"
     assert {"config.json", "model.safetensors", "README.md", "training_curve.png", "results.json"} <= {
-        p.name for p in folder.iterdir()}
+        p.name for p in folder.iterdir()
+    }
     card = ModelCard.load(folder / "README.md")
     top1 = next(r for r in card.data.eval_results if r.metric_type == "accuracy" and r.metric_config is None)
     assert top1.metric_value == round(100.0 - on_disk["final_test_error"], 2)
@@ -160,8 +197,9 @@ def test_recipe_end_to_end(name, schedule, hub_data, tmp_path):
 
     assert results["schedule"] == schedule and results["seed"] == 0
     assert results["drop_factor"] == recipe.drop_factor and results["num_classes"] == recipe.num_classes
-    on_disk = check_outputs(out, recipe, results, data_dir, args, lr0=recipe.learning_rate,
-                            drop_step=3 if schedule == "autodrop" else 4)
+    on_disk = check_outputs(
+        out, recipe, results, data_dir, args, lr0=recipe.learning_rate, drop_step=3 if schedule == "autodrop" else 4
+    )
     if schedule == "autodrop":
         assert on_disk["autodrop_drops"][0]["step"] == 3
         assert on_disk["config"]["autodrop"]["drop_factor"] == recipe.drop_factor
@@ -181,12 +219,18 @@ def test_paper_defaults_reach_the_trainer(tmp_path):
     assert training.per_device_train_batch_size == 128 and training.optim == "sgd"
     assert training.optim_args == "momentum=0.9,nesterov=False"
     assert str(training.lr_scheduler_type.value) == "constant" and training.seed == 0
-    assert (autodrop.drop_factor, autodrop.min_lr, autodrop.threshold, autodrop.max_threshold, autodrop.drop_delay) \
-        == (0.2, 1e-4, 0.01, 1.0, 20)
+    assert (autodrop.drop_factor, autodrop.min_lr, autodrop.threshold, autodrop.max_threshold, autodrop.drop_delay) == (
+        0.2,
+        1e-4,
+        0.01,
+        1.0,
+        20,
+    )
     assert sched.schedule == "autodrop" and sched.weight_decay_all
     assert training.output_dir == "out/cifar10_wrn28_10/autodrop-rho0.2-seed0"
-    _, _, _, autodrop, training = ic.parse_args(recipe, ["--schedule", "multistep", "--seed", "3",
-                                                         "--drop_factor", "0.5"])
+    _, _, _, autodrop, training = ic.parse_args(
+        recipe, ["--schedule", "multistep", "--seed", "3", "--drop_factor", "0.5"]
+    )
     assert training.output_dir == "out/cifar10_wrn28_10/multistep-rho0.5-seed3" and autodrop.drop_factor == 0.5
     with pytest.raises(ValueError, match="drop_factor"):
         ic.parse_args(recipe, ["--drop_factor", "1.5"])
@@ -227,8 +271,12 @@ def test_streaming_from_the_hub_parquet_layout(hub_data, tmp_path):
     module = load_recipe("imagenet_resnet18")
     data_dir = hub_data("ILSVRC/imagenet-1k", layout="parquet")
     out = tmp_path / "run"
-    results = module.main(module.RECIPE, tiny_args("imagenet_resnet18", data_dir, out, "--streaming",
-                                                   "--cache_dir", str(tmp_path / "cache"), *MULTISTEP_NOW))
+    results = module.main(
+        module.RECIPE,
+        tiny_args(
+            "imagenet_resnet18", data_dir, out, "--streaming", "--cache_dir", str(tmp_path / "cache"), *MULTISTEP_NOW
+        ),
+    )
     assert results["num_train_examples"] == N_TRAIN
     assert [d["step"] for d in results["drops"]] == [4]  # one epoch = 16 images / batch 4
     assert results["final_top5_error"] is not None and (out / "model" / "model.safetensors").is_file()
@@ -254,9 +302,21 @@ def test_push_to_hub_uploads_the_timm_folder(hub_data, tmp_path, monkeypatch):
     monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
     module = load_recipe("cifar10_resnet18")
     out = tmp_path / "run"
-    module.main(module.RECIPE, tiny_args("cifar10_resnet18", hub_data("uoft-cs/cifar10"), out, "--max_steps", "1",
-                                         "--push_to_hub", "--hub_model_id", "someone/resnet18-cifar10-autodrop",
-                                         "--hub_token", "secret"))
+    module.main(
+        module.RECIPE,
+        tiny_args(
+            "cifar10_resnet18",
+            hub_data("uoft-cs/cifar10"),
+            out,
+            "--max_steps",
+            "1",
+            "--push_to_hub",
+            "--hub_model_id",
+            "someone/resnet18-cifar10-autodrop",
+            "--hub_token",
+            "secret",
+        ),
+    )
     assert ("init", "secret") in calls and ("create_repo", "someone/resnet18-cifar10-autodrop", True) in calls
     upload = next(c for c in calls if c[0] == "upload_folder")
     assert upload[1] == "someone/resnet18-cifar10-autodrop"
@@ -271,11 +331,25 @@ def test_two_processes_train_with_ddp_from_the_command_line(hub_data, tmp_path):
     """`torchrun --nproc_per_node 2 recipes/<name>.py`: DDP on CPU (gloo), the same AutoDrop decision."""
     data_dir = hub_data("uoft-cs/cifar10")
     out = tmp_path / "ddp"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-           "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(RECIPES / "cifar10_resnet18.py"), *tiny_args("cifar10_resnet18", data_dir, out, *AUTODROP_NOW),
-           "--ddp_backend", "gloo"]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+        "OMP_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(RECIPES / "cifar10_resnet18.py"),
+        *tiny_args("cifar10_resnet18", data_dir, out, *AUTODROP_NOW),
+        "--ddp_backend",
+        "gloo",
+    ]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
@@ -288,10 +362,18 @@ def test_two_processes_train_with_ddp_from_the_command_line(hub_data, tmp_path):
 
 def _fake_run(tmp: Path, recipe: str, schedule: str, rho: float, seed: int, error: float) -> dict:
     run = tmp / f"{recipe}-{schedule}-{rho}-{seed}"
-    r = {"recipe": recipe, "title": recipe.upper(), "schedule": schedule, "drop_factor": rho, "seed": seed,
-         "final_test_error": error, "best_epoch": 150.0 + seed, "drop_epochs": [60.0, 120.0],
-         "paper": {"value": [4.61, 0.173] if schedule == "autodrop" else [4.87, 0.085]},
-         "config": {"training": {"output_dir": str(run)}}}
+    r = {
+        "recipe": recipe,
+        "title": recipe.upper(),
+        "schedule": schedule,
+        "drop_factor": rho,
+        "seed": seed,
+        "final_test_error": error,
+        "best_epoch": 150.0 + seed,
+        "drop_epochs": [60.0, 120.0],
+        "paper": {"value": [4.61, 0.173] if schedule == "autodrop" else [4.87, 0.085]},
+        "config": {"training": {"output_dir": str(run)}},
+    }
     (run / "model").mkdir(parents=True)
     (run / "results.json").write_text(json.dumps(r))
     (run / "model" / "results.json").write_text(json.dumps(r))  # the published copy must not count twice
@@ -305,7 +387,10 @@ def test_aggregate_builds_table1_rows(tmp_path):
     _fake_run(tmp_path, "imagenet_resnet18", "autodrop", 0.1, 0, 30.0)
     rows = aggregate.aggregate(aggregate.load_runs(aggregate.find_results([str(tmp_path)])))
     assert [(r["recipe"], r["schedule"]) for r in rows] == [
-        ("cifar10_resnet18", "multistep"), ("cifar10_resnet18", "autodrop"), ("imagenet_resnet18", "autodrop")]
+        ("cifar10_resnet18", "multistep"),
+        ("cifar10_resnet18", "autodrop"),
+        ("imagenet_resnet18", "autodrop"),
+    ]
     auto = rows[1]
     assert auto["seeds"] == [0, 1] and auto["final_test_error_mean"] == pytest.approx(4.7)
     assert auto["final_test_error_std"] == pytest.approx(float(np.std([4.6, 4.8], ddof=1)))
@@ -325,13 +410,18 @@ def test_resume_from_a_checkpoint_keeps_the_schedule(hub_data, tmp_path):
     module = load_recipe("cifar10_resnet18")
     data_dir = hub_data("uoft-cs/cifar10")
     extra = [*AUTODROP_NOW[2:], "--save_strategy", "steps", "--save_steps", "2"]
-    whole = module.main(module.RECIPE, tiny_args("cifar10_resnet18", data_dir, tmp_path / "whole", *extra,
-                                                 "--max_steps", "4"))
+    whole = module.main(
+        module.RECIPE, tiny_args("cifar10_resnet18", data_dir, tmp_path / "whole", *extra, "--max_steps", "4")
+    )
     stopped = tmp_path / "stopped"
     module.main(module.RECIPE, tiny_args("cifar10_resnet18", data_dir, stopped, *extra, "--max_steps", "2"))
     assert (stopped / "checkpoint-2" / "autodrop_state.pt").is_file()
-    resumed = module.main(module.RECIPE, tiny_args("cifar10_resnet18", data_dir, stopped, *extra, "--max_steps", "4",
-                                                   "--resume_from_checkpoint", "last"))
+    resumed = module.main(
+        module.RECIPE,
+        tiny_args(
+            "cifar10_resnet18", data_dir, stopped, *extra, "--max_steps", "4", "--resume_from_checkpoint", "last"
+        ),
+    )
     assert [(d["step"], d["lr"]) for d in resumed["drops"]] == [(d["step"], d["lr"]) for d in whole["drops"]]
     assert [d["step"] for d in resumed["drops"]] == [3]
     # The history spans the whole run: the steps before the stop come from the checkpoint's log_history.
