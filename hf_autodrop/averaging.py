@@ -24,31 +24,43 @@ class FlatCopy:
     `views[i]` has the shape of `tensors[i]` and aliases the buffer of its device.
     """
 
-    def __init__(self, tensors: Sequence[torch.Tensor]):
+    def __init__(self, tensors: Sequence[torch.Tensor], counted: Sequence[bool] | None = None):
         self.shapes = [tuple(t.shape) for t in tensors]
         self._tensor_devices = [t.device for t in tensors]
         self.devices = list(dict.fromkeys(self._tensor_devices))
+        # Under sharded engines some tensors are extra copies of replicated elements that must not enter
+        # the sums; they are laid out after the counted ones, so that the sums read one prefix per buffer.
+        self._counted = [True] * len(self.shapes) if counted is None else [bool(c) for c in counted]
+        if len(self._counted) != len(self.shapes):
+            raise ValueError(f"counted has {len(self._counted)} entries for {len(self.shapes)} tensors")
         sizes = dict.fromkeys(self.devices, 0)
-        for t in tensors:
+        self._counted_sizes = dict.fromkeys(self.devices, 0)
+        for t, c in zip(tensors, self._counted):
             sizes[t.device] += t.numel()
+            if c:
+                self._counted_sizes[t.device] += t.numel()
         self._attach([torch.empty(sizes[d], dtype=torch.float32, device=d) for d in self.devices])
 
     def _attach(self, flats: list[torch.Tensor]) -> None:
-        """Use `flats` as storage and cut the per-tensor views out of them."""
+        """Use `flats` as storage and cut the per-tensor views out of them (counted tensors first)."""
         self.flats = flats
         offsets = dict.fromkeys(self.devices, 0)
-        self.views: list[torch.Tensor] = []
-        for shape, device in zip(self.shapes, self._tensor_devices):
-            flat = flats[self.devices.index(device)]
-            start = offsets[device]
-            numel = math.prod(shape)
-            self.views.append(flat[start : start + numel].view(shape))
-            offsets[device] = start + numel
+        views: list[torch.Tensor | None] = [None] * len(self.shapes)
+        for counted_pass in (True, False):
+            for i, (shape, device, counted) in enumerate(zip(self.shapes, self._tensor_devices, self._counted)):
+                if counted != counted_pass:
+                    continue
+                flat = flats[self.devices.index(device)]
+                start = offsets[device]
+                numel = math.prod(shape)
+                views[i] = flat[start : start + numel].view(shape)
+                offsets[device] = start + numel
+        self.views: list[torch.Tensor] = views
 
     @classmethod
-    def of(cls, tensors: Sequence[torch.Tensor]) -> FlatCopy:
+    def of(cls, tensors: Sequence[torch.Tensor], counted: Sequence[bool] | None = None) -> FlatCopy:
         """A new buffer holding a copy of `tensors`."""
-        buffer = cls(tensors)
+        buffer = cls(tensors, counted)
         buffer.copy_from(tensors)
         return buffer
 
@@ -88,8 +100,9 @@ class FlatCopy:
             view.lerp_(t.detach().float(), weight)
 
     def sums(self, other: FlatCopy) -> torch.Tensor:
-        """`[<self,other>, |self|^2, |other|^2]` in float64 (see `partial_sums`)."""
-        return partial_sums(self.flats, other.flats)
+        """`[<self,other>, |self|^2, |other|^2]` in float64 over the counted tensors (see `partial_sums`)."""
+        sizes = [self._counted_sizes[d] for d in self.devices]
+        return partial_sums([f[:n] for f, n in zip(self.flats, sizes)], [f[:n] for f, n in zip(other.flats, sizes)])
 
     def state(self) -> list[torch.Tensor]:
         return self.flats
