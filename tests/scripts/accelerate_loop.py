@@ -32,7 +32,7 @@ def train(accelerator=None) -> list[dict]:
         model, optimizer, data = accelerator.prepare(model, optimizer, data)
     autodrop = AutoDrop(model, optimizer, **CONFIG)  # after prepare: x_0 is the wrapped model's
     measurements = []
-    for epoch in range(EPOCHS):
+    for _ in range(EPOCHS):
         for batch in data:
             optimizer.zero_grad()
             loss = model(**batch)["loss"]
