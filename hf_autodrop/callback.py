@@ -60,7 +60,7 @@ class AutoDropCallback(TrainerCallback, ExportableState):
         config (`AutoDropConfig` or `dict`, *optional*):
             The configuration; keyword arguments (the `AutoDropConfig` fields: `drop_factor`,
             `min_lr`, `threshold`, `max_threshold`, `drop_delay`, `interval_steps`,
-            `average_buffers`, `dry_run`, `stop_when_exhausted`) override single fields.
+            `average_buffers`, `dry_run`, `stop_when_exhausted`, `offload_to_cpu`) override single fields.
 
     Attributes:
         autodrop (`AutoDrop`): the controller, built when training begins.

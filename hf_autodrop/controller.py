@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from .angles import angle_from_sums
-from .averaging import FlatCopy
+from .averaging import FlatCopy, OffloadedFlatCopy
 from .config import AutoDropConfig
 from .distributed import local_shards
 from .lr import LRGroups
@@ -144,8 +144,9 @@ class AutoDrop:
         self._shards = local_shards(model_or_params, self._params)
 
         params = self._shards.tensors()
-        self._snapshot = FlatCopy.of(params, self._shards.counted)  # x_(t-1)
-        self._displacement = FlatCopy(params, self._shards.counted)  # s_(t-1), valid when self._t >= 1
+        flat = OffloadedFlatCopy if self.config.offload_to_cpu else FlatCopy
+        self._snapshot = flat.of(params, self._shards.counted)  # x_(t-1)
+        self._displacement = flat(params, self._shards.counted)  # s_(t-1), valid when self._t >= 1
         self._average: FlatCopy | None = None  # running weighted average while averaging
         self._buffer_average: FlatCopy | None = None
 
@@ -157,6 +158,13 @@ class AutoDrop:
         self._num_drops = 0
         self._prev_angle = math.nan
         self._warned_zero = False
+        if self.config.offload_to_cpu:
+            # The end-of-interval snapshot is copied to CPU memory while the next steps compute; the
+            # optimizer must not update the parameters before that copy has read them.
+            self._lr.optimizer.register_step_pre_hook(self._before_optimizer_step)
+
+    def _before_optimizer_step(self, *args) -> None:
+        self._snapshot.wait_before_overwrite()
 
     # ------------------------------------------------------------------ the interval step
     @torch.no_grad()
@@ -365,11 +373,11 @@ class AutoDrop:
             )
         if state["phase"] not in (MONITOR, AVERAGING):
             raise ValueError(f"AutoDrop state has unknown phase {state['phase']!r}")
-        if state["config"] != self.config.to_dict():
+        # Fields added after a state was saved take their defaults.
+        saved_config = {**AutoDropConfig().to_dict(), **state["config"]}
+        if saved_config != self.config.to_dict():
             changed = {
-                k: (v, getattr(self.config, k))
-                for k, v in state["config"].items()
-                if getattr(self.config, k, None) != v
+                k: (v, getattr(self.config, k)) for k, v in saved_config.items() if getattr(self.config, k, None) != v
             }
             logger.warning("AutoDrop: resuming with a changed config (saved -> now): %s", changed)
         self._snapshot.load(state["snapshot"], "snapshot")
@@ -377,7 +385,7 @@ class AutoDrop:
         if state["phase"] == AVERAGING:
             if state["average"] is None:
                 raise ValueError("AutoDrop state is averaging but holds no average")
-            self._average = FlatCopy(self._snapshot.views, self._shards.counted)
+            self._average = self._snapshot.empty_like()
             self._average.load(state["average"], "average")
             self._buffer_average = None
             if self._buffers and state["buffer_average"] is not None:
