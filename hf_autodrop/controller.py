@@ -161,7 +161,7 @@ class AutoDrop:
         if self.config.offload_to_cpu:
             # The end-of-interval snapshot is copied to CPU memory while the next steps compute; the
             # optimizer must not update the parameters before that copy has read them.
-            self._lr.optimizer.register_step_pre_hook(self._before_optimizer_step)
+            _innermost(self._lr.optimizer).register_step_pre_hook(self._before_optimizer_step)
 
     def _before_optimizer_step(self, *args) -> None:
         self._snapshot.wait_before_overwrite()
@@ -402,6 +402,14 @@ class AutoDrop:
         self._num_drops = int(state["num_drops"])
         self._prev_angle = float(state["prev_angle"])
         self._warned_zero = bool(state["warned_zero"])
+
+
+def _innermost(optimizer):
+    """The optimizer whose own `step()` updates the parameters, below wrappers that subclass
+    `torch.optim.Optimizer` without its hooks (accelerate's `AcceleratedOptimizer`)."""
+    while isinstance(getattr(optimizer, "optimizer", None), torch.optim.Optimizer):
+        optimizer = optimizer.optimizer
+    return optimizer
 
 
 def _fmt(lrs: list[float]) -> str:

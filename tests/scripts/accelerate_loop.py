@@ -30,7 +30,9 @@ def train(accelerator=None) -> list[dict]:
     data = torch.utils.data.DataLoader(Digits("train", 256), batch_size=GLOBAL_BATCH // world, shuffle=False)
     if accelerator is not None:
         model, optimizer, data = accelerator.prepare(model, optimizer, data)
-    autodrop = AutoDrop(model, optimizer, **CONFIG)  # after prepare: x_0 is the wrapped model's
+    # After prepare: x_0 is the wrapped model's. The 2-process run also keeps the snapshots "offloaded"
+    # (behind accelerate's optimizer wrapper), which must not change what is computed.
+    autodrop = AutoDrop(model, optimizer, offload_to_cpu=accelerator is not None, **CONFIG)
     measurements = []
     for _ in range(EPOCHS):
         for batch in data:
