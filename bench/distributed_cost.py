@@ -69,25 +69,6 @@ def timed(fn, device, repeat: int, before=None) -> float:
     return statistics.median(times)
 
 
-class CountReductions:
-    def __init__(self):
-        self.calls = self.bytes = 0
-
-    def __enter__(self):
-        self._orig = dist.all_reduce
-
-        def counting(tensor, *args, **kwargs):
-            self.calls += 1
-            self.bytes += tensor.numel() * tensor.element_size()
-            return self._orig(tensor, *args, **kwargs)
-
-        dist.all_reduce = counting
-        return self
-
-    def __exit__(self, *exc):
-        dist.all_reduce = self._orig
-
-
 def measure(args, device: torch.device) -> dict:
     torch.manual_seed(0)
     model = shard(make_model(args.width, args.depth), args.engine, device)
@@ -104,9 +85,11 @@ def measure(args, device: torch.device) -> dict:
     for offload in (False, True):
         autodrop = AutoDrop(model, optimizer, offload_to_cpu=offload, threshold=1e-9, max_threshold=1e-9)
         train_step()
-        with CountReductions() as count:
-            autodrop.step()
-        out["bytes_per_interval"], out["reductions_per_interval"] = count.bytes, count.calls
+        shards = autodrop._shards
+        sent, reductions = shards.bytes_sent, shards.reductions
+        autodrop.step()
+        out["bytes_per_interval"] = shards.bytes_sent - sent
+        out["reductions_per_interval"] = shards.reductions - reductions
 
         # A training step before each measurement moves the parameters, as between two real intervals.
         out[f"autodrop_step_s_offload={offload}"] = timed(autodrop.step, device, args.repeat, before=train_step)

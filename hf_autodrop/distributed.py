@@ -67,6 +67,7 @@ class LocalShards:
         self._params = params
         self.rank, self.world_size = _world()
         self.counted = [True] * len(params)
+        self.reductions = self.bytes_sent = 0  # what AutoDrop sent so far (the payload of its all-reduces)
 
     def tensors(self) -> list[torch.Tensor]:
         return self._params
@@ -80,6 +81,8 @@ class LocalShards:
             return sums
         buffer = sums.to(_reduce_device())
         dist.all_reduce(buffer, op=dist.ReduceOp.SUM)
+        self.reductions += 1
+        self.bytes_sent += buffer.numel() * buffer.element_size()
         return buffer.cpu()
 
     def describe(self) -> dict:
