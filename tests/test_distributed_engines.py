@@ -23,9 +23,12 @@ from hf_autodrop import AutoDrop
 
 from ._distributed import Net, batches, spawn
 
-ENGINES = ["ddp", "fsdp1", "fsdp1_flat", "fsdp2", "hsdp", "zero3_simulated"]
+ENGINES = ["ddp", "fsdp1", "fsdp1_flat", "fsdp1_hybrid", "fsdp2", "hsdp", "zero3_simulated"]
 CONFIG = dict(drop_delay=1, threshold=180.0, max_threshold=180.0)  # triggers at intervals 3 and 7, drops at 4 and 8
 INTERVALS, STEPS = 10, 3
+# FSDP1 turns a hybrid shard whose shard groups have one process into NO_SHARD with its own gradient
+# scaling, so its trajectory is not the unsharded one: the twin copies its parameters instead of training.
+MIRRORED = {"fsdp1_hybrid"}
 SAVE_AT = 3  # inside the averaging window
 
 
@@ -38,9 +41,21 @@ def _shard(engine: str, model: torch.nn.Module, rank: int, world: int):
         ddp = DistributedDataParallel(model)
         return ddp, lambda: [p.detach().clone() for p in ddp.module.parameters()]
     if engine.startswith("fsdp1"):
+        from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+        from torch.distributed.fsdp import ShardingStrategy
 
-        fsdp = FSDP(model, device_id=torch.device("cpu"), use_orig_params=engine == "fsdp1")
+        if engine == "fsdp1_hybrid":  # HSDP: 2 replicas of a 1-way shard
+            mesh = init_device_mesh("cpu", (world, 1))
+            fsdp = FSDP(
+                model,
+                device_id=torch.device("cpu"),
+                sharding_strategy=ShardingStrategy.HYBRID_SHARD,
+                device_mesh=mesh,
+                use_orig_params=True,
+            )
+        else:
+            fsdp = FSDP(model, device_id=torch.device("cpu"), use_orig_params=engine == "fsdp1")
 
         def full():
             with FSDP.summon_full_params(fsdp):
@@ -154,12 +169,15 @@ def _run(engine: str, rank: int, world: int) -> dict:
     for interval in range(1, INTERVALS + 1):
         for _ in range(STEPS):
             x, y = next(data)
-            for net, o in ((wrapped, opt), (reference, ref_opt)):
+            for net, o in ((wrapped, opt), (reference, ref_opt))[: 1 if engine in MIRRORED else 2]:
                 o.zero_grad()
                 torch.nn.functional.mse_loss(net(x), y).backward()
                 o.step()
         if simulated is not None:
             simulated.pull()
+        if engine in MIRRORED:
+            with torch.no_grad():
+                torch._foreach_copy_(list(reference.parameters()), full_params())
         with _CountReductions() as count:
             m = autodrop.step()
         _after_step(m, model, simulated, world)
@@ -304,12 +322,12 @@ def test_state_is_proportional_to_the_shard(results, engine):
         assert results[r][engine]["state_bytes"] == 2 * 4 * shards[r]
 
 
-def test_hsdp_counts_the_replica_once(results):
+@pytest.mark.parametrize("engine", ["hsdp", "fsdp1_hybrid"])
+def test_hsdp_counts_the_replica_once(results, engine):
     # Both processes hold the whole (1-way sharded) parameters; only the replica at coordinate 0 counts,
     # so the reduced sums are those of one copy (the angles equal the unsharded run's, checked above).
-    assert results[0]["hsdp"]["engine"].startswith("FSDP2")
-    assert all(results[0]["hsdp"]["counted"]) and not any(results[1]["hsdp"]["counted"])
-    assert results[0]["hsdp"]["shard_numel"] == results[1]["hsdp"]["shard_numel"] == 50
+    assert all(results[0][engine]["counted"]) and not any(results[1][engine]["counted"])
+    assert results[0][engine]["shard_numel"] == results[1][engine]["shard_numel"] == 50
 
 
 def test_resuming_on_another_world_size_is_a_clear_error(results):
