@@ -70,7 +70,7 @@ def main() -> None:
     model = Blocks(args.width, args.depth)
     extra = {}
     if args.engine == "fsdp2":
-        extra = dict(fsdp="full_shard", fsdp_config={"version": 2, "transformer_layer_cls_to_wrap": ["Sequential"]})
+        extra = dict(fsdp=True, fsdp_config={"version": 2, "transformer_layer_cls_to_wrap": ["Sequential"]})
     if args.cpu:
         extra.update(use_cpu=True, ddp_backend="gloo")
     training = TrainingArguments(

@@ -151,10 +151,11 @@ class _FSDP1(LocalShards):
         return local if local is not None else flat.data
 
     def commit(self, tensors):
-        # A handle left unsharded would keep using its stale gathered copy: free it, so that the next
-        # forward gathers the new values.
+        # A handle whose gathered copy is still allocated (unsharded, or SHARD_GRAD_OP after a forward,
+        # which keeps it while pointing at the shard) would run the next forward on that stale copy
+        # without gathering: free it, so that the next forward gathers the new values.
         for handle in dict.fromkeys(h for h, _, _ in self._pieces):
-            if handle.uses_sharded_strategy and not handle.is_sharded(handle.flat_param):
+            if handle.uses_sharded_strategy and not handle.needs_unshard():
                 handle.reshard(free_unsharded_flat_param=True)
                 handle.post_reshard()
 
@@ -284,9 +285,14 @@ def local_shards(model_or_params, params: list[torch.Tensor]) -> LocalShards:
         model = model.module
     if any(hasattr(p, "ds_id") for p in params):
         return _Zero3([p for p in params if hasattr(p, "ds_id")])
+    from torch.distributed.fsdp import FSDPModule
     from torch.distributed.tensor import DTensor
 
-    if any(isinstance(p, DTensor) for p in params):
+    # An FSDP2 module can hold its gathered plain tensors right now (after a forward with
+    # reshard_after_forward=False): decide from the modules, and read the parameters once resharded.
+    if any(isinstance(p, DTensor) for p in params) or (
+        model is not None and any(isinstance(m, FSDPModule) for m in model.modules())
+    ):
         return _DTensors(model, params)
     from torch.distributed.fsdp import FullyShardedDataParallel
 

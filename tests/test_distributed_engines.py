@@ -54,8 +54,15 @@ def _shard(engine: str, model: torch.nn.Module, rank: int, world: int):
                 device_mesh=mesh,
                 use_orig_params=True,
             )
+        elif engine == "fsdp1_flat":  # SHARD_GRAD_OP keeps the gathered copy after a forward
+            fsdp = FSDP(
+                model,
+                device_id=torch.device("cpu"),
+                sharding_strategy=ShardingStrategy.SHARD_GRAD_OP,
+                use_orig_params=False,
+            )
         else:
-            fsdp = FSDP(model, device_id=torch.device("cpu"), use_orig_params=engine == "fsdp1")
+            fsdp = FSDP(model, device_id=torch.device("cpu"), use_orig_params=True)
 
         def full():
             with FSDP.summon_full_params(fsdp):
@@ -63,15 +70,22 @@ def _shard(engine: str, model: torch.nn.Module, rank: int, world: int):
 
         return fsdp, full
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.fsdp import FSDPModule, fully_shard
 
     if engine == "fsdp2":
         fully_shard(model.a)  # nested units, like a transformer's layers
-        fully_shard(model)
+        fully_shard(model, reshard_after_forward=False)  # the root stays gathered after a forward
     else:  # HSDP: 2 replicas of a 1-way shard; only the replica at coordinate 0 may count
         mesh = init_device_mesh("cpu", (world, 1), mesh_dim_names=("replicate", "shard"))
         fully_shard(model, mesh=mesh)
-    return model, lambda: [p.full_tensor().detach().clone() for p in model.parameters()]
+
+    def full():
+        for module in model.modules():  # after a forward the root may still hold gathered parameters
+            if isinstance(module, FSDPModule):
+                module.reshard()
+        return [p.full_tensor().detach().clone() for p in model.parameters()]
+
+    return model, full
 
 
 class _SimulatedZero3:
@@ -178,10 +192,12 @@ def _run(engine: str, rank: int, world: int) -> dict:
         if engine in MIRRORED:
             with torch.no_grad():
                 torch._foreach_copy_(list(reference.parameters()), full_params())
+        _same_forward(wrapped, reference, engine, "before", interval)  # an evaluation: engines may keep gathered copies
         with _CountReductions() as count:
             m = autodrop.step()
         _after_step(m, model, simulated, world)
         r = ref_drop.step()
+        _same_forward(wrapped, reference, engine, "after", interval)  # the forward uses what AutoDrop wrote
         reductions.append((count.calls, count.bytes))
         measured.append((m.angle, r.angle, m.dropped, r.dropped, m.phase, r.phase, m.lrs, r.lrs))
         if m.dropped or interval == INTERVALS:
@@ -229,6 +245,15 @@ def _detached(obj):
     if isinstance(obj, (list, tuple)):
         return type(obj)(_detached(v) for v in obj)
     return copy.deepcopy(obj)
+
+
+PROBE = torch.randn(5, 7, generator=torch.Generator().manual_seed(9))
+
+
+def _same_forward(model, reference, engine, when, interval) -> None:
+    with torch.no_grad():
+        diff = (model(PROBE) - reference(PROBE)).abs().max().item()
+    assert diff <= 1e-5, f"{engine}: forward {when} AutoDrop's step at interval {interval} differs by {diff}"
 
 
 def _after_step(m, model, simulated, world) -> None:
