@@ -14,6 +14,22 @@ REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
 
+def run_once(tmp_path_factory, name: str, produce) -> Path:
+    """`produce(folder)` once per test session, even when pytest-xdist runs the tests of a module in
+    several workers (each would otherwise run a module-scoped fixture, i.e. launch its processes again)."""
+    from filelock import FileLock
+
+    shared = os.environ.get("PYTEST_XDIST_WORKER") is not None
+    root = tmp_path_factory.getbasetemp().parent if shared else tmp_path_factory.getbasetemp()
+    folder = root / f"once-{name}"
+    with FileLock(str(root / f"once-{name}.lock")):
+        if not (folder / "done").exists():
+            folder.mkdir(exist_ok=True)
+            produce(folder)
+            (folder / "done").touch()
+    return folder
+
+
 def spawn(fn, tmp_path: Path, *args, nprocs: int = 2) -> None:
     """Run `fn(rank, world_size, init_method, *args)` in `nprocs` fresh processes (file:// rendezvous)."""
     import torch.multiprocessing as mp

@@ -21,7 +21,7 @@ import torch
 
 from hf_autodrop import AutoDrop
 
-from ._distributed import Net, batches, spawn
+from ._distributed import Net, batches, run_once, spawn
 
 pytest.importorskip("deepspeed", reason="DeepSpeed is not installed (pip install --no-build-isolation deepspeed)")
 
@@ -106,11 +106,13 @@ def _worker(rank: int, world: int, init: str, port: int, out_dir: str) -> None:
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("zero3")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    spawn(_worker, tmp, port, str(tmp))
+    def produce(folder):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        spawn(_worker, folder, port, str(folder))
+
+    tmp = run_once(tmp_path_factory, "zero3", produce)
     return [torch.load(tmp / f"rank{r}.pt", weights_only=False) for r in range(2)]
 
 

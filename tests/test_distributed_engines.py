@@ -21,7 +21,7 @@ import torch.distributed as dist
 
 from hf_autodrop import AutoDrop
 
-from ._distributed import Net, batches, spawn
+from ._distributed import Net, batches, run_once, spawn
 
 ENGINES = ["ddp", "fsdp1", "fsdp1_flat", "fsdp1_hybrid", "fsdp2", "hsdp", "zero3_simulated"]
 CONFIG = dict(drop_delay=1, threshold=180.0, max_threshold=180.0)  # triggers at intervals 3 and 7, drops at 4 and 8
@@ -315,8 +315,7 @@ def _worker(rank: int, world: int, init: str, out: str) -> None:
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("engines")
-    spawn(_worker, tmp, str(tmp))
+    tmp = run_once(tmp_path_factory, "engines", lambda folder: spawn(_worker, folder, str(folder)))
     return [torch.load(tmp / f"rank{r}.pt", weights_only=False) for r in range(2)]
 
 

@@ -11,7 +11,7 @@ import math
 
 import pytest
 
-from ._distributed import BIN, launch
+from ._distributed import BIN, launch, run_once
 
 EPOCHS = 10
 # On this task the angle change first falls below 0.6 degrees at epoch 6 (by 0.2 degrees, far more than
@@ -25,13 +25,16 @@ RESUME_EPOCH = 6  # inside the averaging window
 def runs(tmp_path_factory):
     from .scripts.trainer_run import run
 
-    tmp = tmp_path_factory.mktemp("trainer")
-    single = run(str(tmp / "single"), 32)
+    def produce(folder):
+        (folder / "single.json").write_text(json.dumps(run(str(folder / "single"), 32)))
+        launch(
+            [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", "tests/scripts/trainer_run.py"]
+            + [str(folder / "ddp"), "16", str(RESUME_EPOCH * STEPS_PER_EPOCH)]
+        )
+
+    tmp = run_once(tmp_path_factory, "trainer", produce)
+    single = json.loads((tmp / "single.json").read_text())
     out = tmp / "ddp"
-    launch(
-        [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", "tests/scripts/trainer_run.py"]
-        + [str(out), "16", str(RESUME_EPOCH * STEPS_PER_EPOCH)]
-    )
     ddp = {
         (name, r): json.loads((out / f"{name}-rank{r}.json").read_text())
         for name in ("full", "resumed")
