@@ -98,12 +98,13 @@ class FlatCopy:
         if self.views:
             torch._foreach_copy_(list(tensors), self.views)
 
-    def set_difference(self, tensors: Sequence[torch.Tensor]) -> None:
-        """self <- tensors - self, in place (turns the previous snapshot into the displacement)."""
+    def subtract(self, tensors: Sequence[torch.Tensor]) -> None:
+        """self <- self - tensors, in place: turns the snapshot x_(t-1) into -s_t, the displacement negated.
+
+        AutoDrop keeps every displacement negated: angles and norms are the same, and one pass is saved.
+        """
         if self.views:
             torch._foreach_sub_(self.views, list(tensors))
-            for flat in self.flats:
-                flat.neg_()
 
     def lerp_(self, other: FlatCopy, weight: float) -> None:
         """self <- self + weight * (other - self): the running weighted average step."""
@@ -216,13 +217,13 @@ class OffloadedFlatCopy(FlatCopy):
         for view, t in zip(self.views, tensors):
             t.copy_(view, non_blocking=True)
 
-    def set_difference(self, tensors: Sequence[torch.Tensor]) -> None:
+    def subtract(self, tensors: Sequence[torch.Tensor]) -> None:
         self._sync()
         for view, t in zip(self.views, tensors):
             flat_view, flat_t = view.view(-1), t.detach().reshape(-1)
             for start in range(0, flat_t.numel(), _CHUNK):
                 mine = flat_view[start : start + _CHUNK]
-                diff = flat_t[start : start + _CHUNK] - mine.to(t.device, non_blocking=True)
+                diff = mine.to(t.device, non_blocking=True) - flat_t[start : start + _CHUNK]
                 mine.copy_(diff, non_blocking=True)
 
     def lerp_(self, other: FlatCopy, weight: float) -> None:

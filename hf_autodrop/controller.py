@@ -146,7 +146,7 @@ class AutoDrop:
         params = self._shards.tensors()
         flat = OffloadedFlatCopy if self.config.offload_to_cpu else FlatCopy
         self._snapshot = flat.of(params, self._shards.counted)  # x_(t-1)
-        self._displacement = flat(params, self._shards.counted)  # s_(t-1), valid when self._t >= 1
+        self._displacement = flat(params, self._shards.counted)  # -s_(t-1), valid when self._t >= 2
         self._average: FlatCopy | None = None  # running weighted average while averaging
         self._buffer_average: FlatCopy | None = None
 
@@ -174,10 +174,11 @@ class AutoDrop:
         self._interval += 1
         self._t += 1
 
-        # The snapshot buffer becomes s_t = x_t - x_(t-1) in place; the buffer that held s_(t-1) is
-        # free once the sums are taken and becomes the new snapshot x_t. No third copy is needed.
+        # The snapshot buffer becomes -s_t = x_(t-1) - x_t in place (displacements are kept negated,
+        # which changes no angle or norm); the buffer that held -s_(t-1) is free once the sums are
+        # taken and becomes the new snapshot x_t. No third copy is needed.
         params = self._shards.tensors()
-        self._snapshot.set_difference(params)
+        self._snapshot.subtract(params)
         displacement, spare = self._snapshot, self._displacement
         # Partial sums over this process's elements; one all-reduce makes them global (none under DDP),
         # so every process takes the same decision below.
