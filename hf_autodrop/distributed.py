@@ -135,8 +135,6 @@ class _FSDP1(LocalShards):
                 if info.in_shard and info.numel_in_shard > 0 and param.requires_grad:
                     self._pieces.append((handle, info.offset_in_shard, info.numel_in_shard))
                     self.counted.append(counted)
-        if not self._pieces and not any(s._handle is not None for s in _get_fsdp_states(model)):
-            raise ValueError("found no FSDP FlatParameter in the model")
 
     def tensors(self):
         # `_local_shard` is the sharded fp32 storage the optimizer updates, in sharded and unsharded
