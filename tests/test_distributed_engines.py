@@ -23,12 +23,13 @@ from hf_autodrop import AutoDrop
 
 from ._distributed import Net, batches, run_once, spawn
 
-ENGINES = ["ddp", "fsdp1", "fsdp1_flat", "fsdp1_hybrid", "fsdp2", "hsdp", "zero3_simulated"]
+ENGINES = ["ddp", "fsdp1", "fsdp1_flat", "fsdp1_hybrid", "fsdp2", "fsdp2_bf16", "hsdp", "zero3_simulated"]
 CONFIG = dict(drop_delay=1, threshold=180.0, max_threshold=180.0)  # triggers at intervals 3 and 7, drops at 4 and 8
 INTERVALS, STEPS = 10, 3
 # FSDP1 turns a hybrid shard whose shard groups have one process into NO_SHARD with its own gradient
-# scaling, so its trajectory is not the unsharded one: the twin copies its parameters instead of training.
-MIRRORED = {"fsdp1_hybrid"}
+# scaling, and bf16 compute changes the gradients, so these trajectories are not the fp32 unsharded one:
+# the twin copies the sharded model's fp32 parameters instead of training.
+MIRRORED = {"fsdp1_hybrid", "fsdp2_bf16"}
 SAVE_AT = 3  # inside the averaging window
 
 
@@ -75,6 +76,10 @@ def _shard(engine: str, model: torch.nn.Module, rank: int, world: int):
     if engine == "fsdp2":
         fully_shard(model.a)  # nested units, like a transformer's layers
         fully_shard(model, reshard_after_forward=False)  # the root stays gathered after a forward
+    elif engine == "fsdp2_bf16":  # bf16 compute; AutoDrop must read the fp32 sharded parameters
+        from torch.distributed.fsdp import MixedPrecisionPolicy
+
+        fully_shard(model, mp_policy=MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32))
     else:  # HSDP: 2 replicas of a 1-way shard; only the replica at coordinate 0 may count
         mesh = init_device_mesh("cpu", (world, 1), mesh_dim_names=("replicate", "shard"))
         fully_shard(model, mesh=mesh)
@@ -221,6 +226,7 @@ def _run(engine: str, rank: int, world: int) -> dict:
         "ref_state_bytes": ref_drop.state_nbytes(),
         "shard_numel": sum(t.numel() for t in autodrop._shards.tensors()),
         "counted": list(autodrop._shards.counted),
+        "dtypes": sorted({str(t.dtype) for t in autodrop._shards.tensors()}),
         "resumed": resumed,
         "saved_state": saved["autodrop"] if rank == 0 else None,
     }
@@ -252,8 +258,10 @@ PROBE = torch.randn(5, 7, generator=torch.Generator().manual_seed(9))
 
 def _same_forward(model, reference, engine, when, interval) -> None:
     with torch.no_grad():
-        diff = (model(PROBE) - reference(PROBE)).abs().max().item()
-    assert diff <= 1e-5, f"{engine}: forward {when} AutoDrop's step at interval {interval} differs by {diff}"
+        diff = (model(PROBE).float() - reference(PROBE)).abs().max().item()
+    assert diff <= (3e-2 if engine == "fsdp2_bf16" else 1e-5), (
+        f"{engine}: forward {when} AutoDrop's step at interval {interval} differs by {diff}"
+    )
 
 
 def _after_step(m, model, simulated, world) -> None:
@@ -344,6 +352,11 @@ def test_state_is_proportional_to_the_shard(results, engine):
     for r in range(2):
         # Outside averaging: two float32 copies of the local shard (plus the BatchNorm-free model's 0 buffers).
         assert results[r][engine]["state_bytes"] == 2 * 4 * shards[r]
+
+
+def test_bf16_compute_reads_the_fp32_sharded_parameters(results):
+    for rank in range(2):
+        assert results[rank]["fsdp2_bf16"]["dtypes"] == ["torch.float32"]
 
 
 @pytest.mark.parametrize("engine", ["hsdp", "fsdp1_hybrid"])
