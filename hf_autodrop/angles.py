@@ -34,12 +34,15 @@ def _flat(t: torch.Tensor) -> torch.Tensor:
     return t.detach().reshape(-1)
 
 
-def partial_sums(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> torch.Tensor:
+def partial_sums(
+    a: Sequence[torch.Tensor], b: Sequence[torch.Tensor], device: torch.device | None = None
+) -> torch.Tensor:
     """Return `[<a,b>, |a|^2, |b|^2]` over all tensors as a float64 CPU tensor of shape (3,).
 
     `a[i]` and `b[i]` must have the same number of elements (shapes may differ, e.g. a flat buffer
     and a parameter). Each tensor pair is read once, in chunks converted to float64. On an
-    accelerator the sums stay on the device until the single transfer at the end.
+    accelerator the sums stay on the device until the single transfer at the end. With `device`,
+    chunks are moved there first (sums over buffers kept in CPU memory, computed on the accelerator).
     """
     if len(a) != len(b):
         raise ValueError(f"both sides need the same number of tensors, got {len(a)} and {len(b)}")
@@ -49,15 +52,16 @@ def partial_sums(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> torch.
             raise ValueError(f"tensor sizes differ: {tuple(x.shape)} vs {tuple(y.shape)}")
         if x.numel() == 0:
             continue
-        if x.device != y.device:
+        target = x.device if device is None else torch.device(device)
+        if device is None and x.device != y.device:
             y = y.to(x.device)
-        acc = per_device.get(x.device)
+        acc = per_device.get(target)
         if acc is None:
-            acc = per_device[x.device] = torch.zeros(3, dtype=torch.float64, device=x.device)
+            acc = per_device[target] = torch.zeros(3, dtype=torch.float64, device=target)
         xf, yf = _flat(x), _flat(y)
         for start in range(0, xf.numel(), _CHUNK):
-            xd = xf[start : start + _CHUNK].double()
-            yd = yf[start : start + _CHUNK].double()
+            xd = xf[start : start + _CHUNK].to(target, non_blocking=True).double()
+            yd = yf[start : start + _CHUNK].to(target, non_blocking=True).double()
             acc[0] += xd @ yd
             acc[1] += xd @ xd
             acc[2] += yd @ yd

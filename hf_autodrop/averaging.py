@@ -3,6 +3,11 @@
 One flat buffer per device turns every per-interval operation into a handful of large kernels
 (`torch._foreach_*` to move between the parameters and the buffer, one elementwise op or chunked
 dot on the buffer itself), whatever the number of parameter tensors.
+
+`OffloadedFlatCopy` keeps the same buffers in (pinned) CPU memory instead, for models whose accelerator
+memory cannot spare AutoDrop's two or three float32 copies: the arithmetic streams chunks through the
+tensors' device, and the snapshot taken at the end of an interval is copied out on a side stream while
+training goes on.
 """
 
 from __future__ import annotations
@@ -13,9 +18,9 @@ from collections.abc import Sequence
 
 import torch
 
-from .angles import partial_sums
+from .angles import _CHUNK, partial_sums
 
-__all__ = ["FlatCopy"]
+__all__ = ["FlatCopy", "OffloadedFlatCopy"]
 
 
 class FlatCopy:
@@ -24,38 +29,61 @@ class FlatCopy:
     `views[i]` has the shape of `tensors[i]` and aliases the buffer of its device.
     """
 
-    def __init__(self, tensors: Sequence[torch.Tensor]):
+    def __init__(self, tensors: Sequence[torch.Tensor], counted: Sequence[bool] | None = None):
         self.shapes = [tuple(t.shape) for t in tensors]
         self._tensor_devices = [t.device for t in tensors]
         self.devices = list(dict.fromkeys(self._tensor_devices))
+        # Under sharded engines some tensors are extra copies of replicated elements that must not enter
+        # the sums; they are laid out after the counted ones, so that the sums read one prefix per buffer.
+        self._counted = [True] * len(self.shapes) if counted is None else [bool(c) for c in counted]
+        if len(self._counted) != len(self.shapes):
+            raise ValueError(f"counted has {len(self._counted)} entries for {len(self.shapes)} tensors")
         sizes = dict.fromkeys(self.devices, 0)
-        for t in tensors:
+        self._counted_sizes = dict.fromkeys(self.devices, 0)
+        for t, c in zip(tensors, self._counted):
             sizes[t.device] += t.numel()
-        self._attach([torch.empty(sizes[d], dtype=torch.float32, device=d) for d in self.devices])
+            if c:
+                self._counted_sizes[t.device] += t.numel()
+        self._attach([self._allocate(sizes[d], d) for d in self.devices])
+
+    def _allocate(self, numel: int, device: torch.device) -> torch.Tensor:
+        """Storage for the buffer of the tensors on `device`."""
+        return torch.empty(numel, dtype=torch.float32, device=device)
 
     def _attach(self, flats: list[torch.Tensor]) -> None:
-        """Use `flats` as storage and cut the per-tensor views out of them."""
+        """Use `flats` as storage and cut the per-tensor views out of them (counted tensors first)."""
         self.flats = flats
         offsets = dict.fromkeys(self.devices, 0)
-        self.views: list[torch.Tensor] = []
-        for shape, device in zip(self.shapes, self._tensor_devices):
-            flat = flats[self.devices.index(device)]
-            start = offsets[device]
-            numel = math.prod(shape)
-            self.views.append(flat[start : start + numel].view(shape))
-            offsets[device] = start + numel
+        views: list[torch.Tensor | None] = [None] * len(self.shapes)
+        for counted_pass in (True, False):
+            for i, (shape, device, counted) in enumerate(zip(self.shapes, self._tensor_devices, self._counted)):
+                if counted != counted_pass:
+                    continue
+                flat = flats[self.devices.index(device)]
+                start = offsets[device]
+                numel = math.prod(shape)
+                views[i] = flat[start : start + numel].view(shape)
+                offsets[device] = start + numel
+        self.views: list[torch.Tensor] = views
 
     @classmethod
-    def of(cls, tensors: Sequence[torch.Tensor]) -> FlatCopy:
+    def of(cls, tensors: Sequence[torch.Tensor], counted: Sequence[bool] | None = None) -> FlatCopy:
         """A new buffer holding a copy of `tensors`."""
-        buffer = cls(tensors)
+        buffer = cls(tensors, counted)
         buffer.copy_from(tensors)
         return buffer
 
     def clone(self) -> FlatCopy:
         """A new buffer with the same layout and contents."""
+        twin = self.empty_like()
+        for mine, theirs in zip(twin.flats, self.flats):
+            mine.copy_(theirs)
+        return twin
+
+    def empty_like(self) -> FlatCopy:
+        """A new buffer with the same layout (uninitialised)."""
         twin = copy.copy(self)
-        twin._attach([f.clone() for f in self.flats])
+        twin._attach([self._allocate(f.numel(), d) for f, d in zip(self.flats, self.devices)])
         return twin
 
     @property
@@ -89,8 +117,9 @@ class FlatCopy:
             view.lerp_(t.detach().float(), weight)
 
     def sums(self, other: FlatCopy) -> torch.Tensor:
-        """`[<self,other>, |self|^2, |other|^2]` in float64 (see `partial_sums`)."""
-        return partial_sums(self.flats, other.flats)
+        """`[<self,other>, |self|^2, |other|^2]` in float64 over the counted tensors (see `partial_sums`)."""
+        sizes = [self._counted_sizes[d] for d in self.devices]
+        return partial_sums([f[:n] for f, n in zip(self.flats, sizes)], [f[:n] for f, n in zip(other.flats, sizes)])
 
     def state(self) -> list[torch.Tensor]:
         return self.flats
@@ -106,3 +135,119 @@ class FlatCopy:
             )
         for mine, saved in zip(self.flats, flats):
             mine.copy_(saved.reshape(-1))
+
+
+class OffloadedFlatCopy(FlatCopy):
+    """A `FlatCopy` whose buffers live in CPU memory (pinned when the tensors are on a CUDA device).
+
+    The arithmetic runs on the tensors' device, chunk by chunk (at most a few chunks of
+    `angles._CHUNK` elements of accelerator memory at a time), with copies enqueued on the current
+    stream. `copy_from` (the end-of-interval snapshot) runs on a side stream so that it overlaps with the
+    next steps' compute; `wait_before_overwrite()` must run before anything writes the source tensors
+    again (AutoDrop calls it from an optimizer pre-step hook), and every later use of the buffer waits
+    for the copy first. With CPU tensors the same code runs with plain copies.
+    """
+
+    _streams: dict = {}
+
+    def __init__(self, tensors: Sequence[torch.Tensor], counted: Sequence[bool] | None = None):
+        self._event = None  # the side-stream snapshot copy in flight, if any
+        super().__init__(tensors, counted)
+
+    def _allocate(self, numel: int, device: torch.device) -> torch.Tensor:
+        pin = device.type == "cuda" and torch.cuda.is_available()
+        return torch.empty(numel, dtype=torch.float32, device="cpu", pin_memory=pin)
+
+    def _cuda(self) -> bool:
+        return any(d.type == "cuda" for d in self.devices)
+
+    def _sync(self) -> None:
+        """Wait for the side-stream copy before the buffer is used again."""
+        if self._event is not None:
+            self._event.synchronize()
+            self._event = None
+
+    def _host_sync(self) -> None:
+        """Before the CPU itself reads or writes the buffer: also wait for copies on the current stream."""
+        self._sync()
+        if self._cuda():
+            for d in self.devices:
+                if d.type == "cuda":
+                    torch.cuda.current_stream(d).synchronize()
+
+    def wait_before_overwrite(self) -> None:
+        """Make the current stream wait for the snapshot copy in flight (no CPU wait)."""
+        if self._event is not None:
+            torch.cuda.current_stream(self._event_device).wait_event(self._event)
+
+    def empty_like(self) -> OffloadedFlatCopy:
+        twin = super().empty_like()
+        twin._event = None
+        return twin
+
+    def clone(self) -> OffloadedFlatCopy:
+        self._host_sync()
+        return super().clone()
+
+    def copy_from(self, tensors: Sequence[torch.Tensor]) -> None:
+        self._sync()
+        tensors = list(tensors)
+        if not self.views:
+            return
+        devices = {t.device for t in tensors}
+        if len(devices) == 1 and next(iter(devices)).type == "cuda":
+            device = next(iter(devices))
+            stream = self._streams.get(device)
+            if stream is None:
+                stream = self._streams[device] = torch.cuda.Stream(device)
+            stream.wait_stream(torch.cuda.current_stream(device))  # the values are final on the main stream
+            with torch.cuda.stream(stream):
+                for view, t in zip(self.views, tensors):
+                    view.copy_(t.detach(), non_blocking=True)
+                    t.record_stream(stream)  # a temporary (e.g. an offloaded ZeRO master's copy) must outlive the copy
+                self._event = torch.cuda.Event()
+                self._event.record(stream)
+            self._event_device = device
+        else:
+            for view, t in zip(self.views, tensors):
+                view.copy_(t.detach(), non_blocking=True)
+
+    def copy_to(self, tensors: Sequence[torch.Tensor]) -> None:
+        self._sync()
+        for view, t in zip(self.views, tensors):
+            t.copy_(view, non_blocking=True)
+
+    def subtract(self, tensors: Sequence[torch.Tensor]) -> None:
+        self._sync()
+        for view, t in zip(self.views, tensors):
+            flat_view, flat_t = view.view(-1), t.detach().reshape(-1)
+            for start in range(0, flat_t.numel(), _CHUNK):
+                mine = flat_view[start : start + _CHUNK]
+                diff = mine.to(t.device, non_blocking=True) - flat_t[start : start + _CHUNK]
+                mine.copy_(diff, non_blocking=True)
+
+    def lerp_(self, other: FlatCopy, weight: float) -> None:
+        self._sync()
+        other._sync()
+        for mine, theirs, device in zip(self.flats, other.flats, self.devices):
+            for start in range(0, mine.numel(), _CHUNK):
+                a = mine[start : start + _CHUNK].to(device, non_blocking=True)
+                a.lerp_(theirs[start : start + _CHUNK].to(device, non_blocking=True), weight)
+                mine[start : start + _CHUNK].copy_(a, non_blocking=True)
+
+    def sums(self, other: FlatCopy) -> torch.Tensor:
+        self._sync()
+        other._sync()
+        total = torch.zeros(3, dtype=torch.float64)
+        for device, mine, theirs in zip(self.devices, self.flats, other.flats):
+            n = self._counted_sizes[device]
+            total += partial_sums([mine[:n]], [theirs[:n]], device=device)
+        return total
+
+    def state(self) -> list[torch.Tensor]:
+        self._host_sync()
+        return self.flats
+
+    def load(self, flats: Sequence[torch.Tensor], name: str) -> None:
+        self._host_sync()
+        super().load(flats, name)

@@ -15,11 +15,22 @@ from transformers.trainer_callback import ExportableState
 from .config import AutoDropConfig
 from .controller import AutoDrop, Measurement
 
-__all__ = ["AutoDropCallback", "install", "STATE_FILE"]
+__all__ = ["AutoDropCallback", "install", "STATE_FILE", "state_file_name"]
 
 logger = logging.getLogger("hf_autodrop")
 
 STATE_FILE = "autodrop_state.pt"
+
+
+def state_file_name(rank: int, world_size: int) -> str:
+    """`autodrop_state.pt` on one process; `autodrop_state-rank{R}-of-{W}.pt` per process on several.
+
+    Under a sharded engine each process holds only its shard of AutoDrop's tensors, so each process
+    writes its own file beside the engine's own sharded checkpoint files.
+    """
+    return STATE_FILE if world_size == 1 else f"autodrop_state-rank{rank}-of-{world_size}.pt"
+
+
 # Base schedules that keep the lr constant between drops; every other one decays by itself.
 _CONSTANT_SCHEDULES = {"constant", "constant_with_warmup"}
 # Schedules that set the lr from metrics themselves and would fight AutoDrop.
@@ -41,14 +52,15 @@ class AutoDropCallback(TrainerCallback, ExportableState):
     the `report_to` integrations (TensorBoard, W&B, ...) as well, add the callback with
     `hf_autodrop.callback.install(trainer)` instead (the README explains why a plain callback cannot).
 
-    Checkpoints hold AutoDrop's tensors in `checkpoint-N/autodrop_state.pt`; resume exactly with
-    `TrainingArguments(restore_callback_states_from_checkpoint=True)`.
+    Checkpoints hold AutoDrop's tensors in `checkpoint-N/autodrop_state.pt` (with several processes, one
+    `autodrop_state-rank{R}-of-{W}.pt` per process); resume exactly, with the same number of processes,
+    with `TrainingArguments(restore_callback_states_from_checkpoint=True)`.
 
     Args:
         config (`AutoDropConfig` or `dict`, *optional*):
             The configuration; keyword arguments (the `AutoDropConfig` fields: `drop_factor`,
             `min_lr`, `threshold`, `max_threshold`, `drop_delay`, `interval_steps`,
-            `average_buffers`, `dry_run`, `stop_when_exhausted`) override single fields.
+            `average_buffers`, `dry_run`, `stop_when_exhausted`, `offload_to_cpu`) override single fields.
 
     Attributes:
         autodrop (`AutoDrop`): the controller, built when training begins.
@@ -90,8 +102,9 @@ class AutoDropCallback(TrainerCallback, ExportableState):
                 "num_drops": self.autodrop.num_drops,
                 "phase": self.autodrop.phase,
                 "threshold": self.autodrop.threshold,
-                # Where on_save (which runs after this) writes the tensors; found again on resume.
-                "file": os.path.abspath(self._state_path(self._output_dir, self._global_step)),
+                "world_size": self.autodrop.world_size,
+                # Where on_save (which runs after this) writes process zero's tensors; found again on resume.
+                "file": os.path.abspath(self._state_path(self._output_dir, self._global_step, 0)),
             }
         return {"args": self.config.to_dict(), "attributes": {"_checkpoint": info}}
 
@@ -105,6 +118,14 @@ class AutoDropCallback(TrainerCallback, ExportableState):
         if model is None or optimizer is None:
             raise RuntimeError("AutoDropCallback needs the Trainer's model and optimizer at train start")
         self.autodrop = AutoDrop(model, optimizer, lr_scheduler, self.config)
+        if self.autodrop.world_size > 1 and self._checkpoint is None:
+            # Every process writes its own state file; they must carry the one run id that process zero
+            # records in trainer_state.json.
+            import torch.distributed as dist
+
+            ids = [self._run_id]
+            dist.broadcast_object_list(ids, src=0)
+            self._run_id = ids[0]
         if state.global_step > 0:
             self._resume(args, state)
         else:
@@ -125,7 +146,7 @@ class AutoDropCallback(TrainerCallback, ExportableState):
         return control
 
     def on_save(self, args, state, control, **kwargs):
-        if self.autodrop is None or not state.is_world_process_zero:
+        if self.autodrop is None:
             return control
         path = self._state_path(args.output_dir, state.global_step)
         os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -134,9 +155,11 @@ class AutoDropCallback(TrainerCallback, ExportableState):
         )
         return control
 
-    @staticmethod
-    def _state_path(output_dir: str, global_step: int) -> str:
-        return os.path.join(output_dir, f"checkpoint-{global_step}", STATE_FILE)
+    def _state_path(self, output_dir: str, global_step: int, rank: int | None = None) -> str:
+        """This process's state file in `checkpoint-{global_step}` (process `rank`'s when given)."""
+        rank = self.autodrop.rank if rank is None else rank
+        name = state_file_name(rank, self.autodrop.world_size)
+        return os.path.join(output_dir, f"checkpoint-{global_step}", name)
 
     # ------------------------------------------------------------------ helpers
     def _measure(self, args, state, control) -> None:
@@ -208,8 +231,19 @@ class AutoDropCallback(TrainerCallback, ExportableState):
                 self.config.threshold,
             )
             return
-        # The recorded path first (resuming from a checkpoint elsewhere), then the usual place.
-        candidates = [info.get("file"), self._state_path(args.output_dir, state.global_step)]
+        saved_world = info.get("world_size", 1)
+        if saved_world != self.autodrop.world_size:
+            raise ValueError(
+                f"This checkpoint's AutoDrop state was written by {saved_world} process(es) but this run has "
+                f"{self.autodrop.world_size}: AutoDrop's state is sharded like the parameters and cannot be "
+                f"resharded. Resume with {saved_world} process(es), or without "
+                "restore_callback_states_from_checkpoint to restart AutoDrop's history."
+            )
+        # The recorded folder first (resuming from a checkpoint elsewhere), then the usual place.
+        recorded = info.get("file")
+        if recorded:
+            recorded = os.path.join(os.path.dirname(recorded), state_file_name(self.autodrop.rank, saved_world))
+        candidates = [recorded, self._state_path(args.output_dir, state.global_step)]
         path = next((p for p in candidates if p and os.path.isfile(p)), candidates[-1])
         if not os.path.isfile(path):
             logger.warning(

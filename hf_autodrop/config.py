@@ -40,10 +40,16 @@ class AutoDropConfig:
             Measure, decide and log as usual, but never change the learning rate or the parameters.
         stop_when_exhausted (`bool`, defaults to `False`):
             End training at a drop that finds every param group already at its floor.
+        offload_to_cpu (`bool`, defaults to `False`):
+            Keep AutoDrop's snapshots (two float32 copies of the trainable elements this process owns,
+            three while averaging) in pinned CPU memory instead of the accelerator's. The per-interval
+            arithmetic streams chunks through the accelerator; the end-of-interval copy overlaps with
+            the next steps. Costs PCIe transfers at every interval boundary (see docs/distributed.md for
+            measurements); no effect on what is computed.
 
     Example:
         >>> AutoDropConfig(drop_factor=0.2, drop_delay=5)
-        AutoDropConfig(drop_factor=0.2, min_lr=None, threshold=0.01, max_threshold=1.0, drop_delay=5, interval_steps=None, average_buffers=True, dry_run=False, stop_when_exhausted=False)
+        AutoDropConfig(drop_factor=0.2, min_lr=None, threshold=0.01, max_threshold=1.0, drop_delay=5, interval_steps=None, average_buffers=True, dry_run=False, stop_when_exhausted=False, offload_to_cpu=False)
     """
 
     drop_factor: float = 0.1
@@ -55,6 +61,7 @@ class AutoDropConfig:
     average_buffers: bool = True
     dry_run: bool = False
     stop_when_exhausted: bool = False
+    offload_to_cpu: bool = False
 
     def __post_init__(self) -> None:
         def bad(field: str, valid: str) -> ValueError:
@@ -80,7 +87,7 @@ class AutoDropConfig:
             not isinstance(self.interval_steps, int) or isinstance(self.interval_steps, bool) or self.interval_steps < 1
         ):
             raise bad("interval_steps", "None (one interval per epoch) or an integer >= 1")
-        for name in ("average_buffers", "dry_run", "stop_when_exhausted"):
+        for name in ("average_buffers", "dry_run", "stop_when_exhausted", "offload_to_cpu"):
             if not isinstance(getattr(self, name), bool):
                 raise bad(name, "True or False")
 

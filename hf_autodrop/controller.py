@@ -10,8 +10,9 @@ from dataclasses import dataclass
 import torch
 
 from .angles import angle_from_sums
-from .averaging import FlatCopy
+from .averaging import FlatCopy, OffloadedFlatCopy
 from .config import AutoDropConfig
+from .distributed import local_shards
 from .lr import LRGroups
 
 __all__ = ["AutoDrop", "Measurement"]
@@ -139,9 +140,13 @@ class AutoDrop:
             )
         self._buffers = buffers if self.config.average_buffers else []
         self._lr = LRGroups(optimizer, scheduler, self.config.min_lr)
+        # The elements this process owns (all of them on one process or under DDP) and the reduction.
+        self._shards = local_shards(model_or_params, self._params)
 
-        self._snapshot = FlatCopy.of(self._params)  # x_(t-1)
-        self._displacement = FlatCopy(self._params)  # -s_(t-1), valid when self._t >= 2
+        params = self._shards.tensors()
+        flat = OffloadedFlatCopy if self.config.offload_to_cpu else FlatCopy
+        self._snapshot = flat.of(params, self._shards.counted)  # x_(t-1)
+        self._displacement = flat(params, self._shards.counted)  # -s_(t-1), valid when self._t >= 2
         self._average: FlatCopy | None = None  # running weighted average while averaging
         self._buffer_average: FlatCopy | None = None
 
@@ -153,6 +158,13 @@ class AutoDrop:
         self._num_drops = 0
         self._prev_angle = math.nan
         self._warned_zero = False
+        if self.config.offload_to_cpu:
+            # The end-of-interval snapshot is copied to CPU memory while the next steps compute; the
+            # optimizer must not update the parameters before that copy has read them.
+            _innermost(self._lr.optimizer).register_step_pre_hook(self._before_optimizer_step)
+
+    def _before_optimizer_step(self, *args) -> None:
+        self._snapshot.wait_before_overwrite()
 
     # ------------------------------------------------------------------ the interval step
     @torch.no_grad()
@@ -165,10 +177,14 @@ class AutoDrop:
         # The snapshot buffer becomes -s_t = x_(t-1) - x_t in place (displacements are kept negated,
         # which changes no angle or norm); the buffer that held -s_(t-1) is free once the sums are
         # taken and becomes the new snapshot x_t. No third copy is needed.
-        self._snapshot.subtract(self._params)
+        params = self._shards.tensors()
+        self._snapshot.subtract(params)
         displacement, spare = self._snapshot, self._displacement
-        dot, norm_sq, prev_norm_sq = displacement.sums(spare if self._t >= 2 else displacement).tolist()
-        spare.copy_from(self._params)
+        # Partial sums over this process's elements; one all-reduce makes them global (none under DDP),
+        # so every process takes the same decision below.
+        sums = self._shards.all_reduce(displacement.sums(spare if self._t >= 2 else displacement))
+        dot, norm_sq, prev_norm_sq = sums.tolist()
+        spare.copy_from(params)
         self._snapshot, self._displacement = spare, displacement
 
         finite = math.isfinite(norm_sq)
@@ -217,7 +233,9 @@ class AutoDrop:
         old_lrs = self._lr.current_lrs()
         old_scale = self._lr.scales[0]
         if not cfg.dry_run:
-            self._average.copy_to(self._params)
+            params = self._shards.tensors()
+            self._average.copy_to(params)
+            self._shards.commit(params)
             if self._buffer_average is not None:
                 self._buffer_average.copy_to(self._buffers)
         exhausted = self._lr.drop(cfg.drop_factor, apply=not cfg.dry_run)
@@ -227,7 +245,7 @@ class AutoDrop:
         self._phase, self._k, self._t = MONITOR, 0, 0
         self._prev_angle = math.nan
         self._average = self._buffer_average = None
-        self._snapshot.copy_from(self._params)
+        self._snapshot.copy_from(self._shards.tensors())
 
         if cfg.dry_run:
             logger.info(
@@ -285,6 +303,16 @@ class AutoDrop:
         return self._interval
 
     @property
+    def rank(self) -> int:
+        """This process's rank (0 on one process)."""
+        return self._shards.rank
+
+    @property
+    def world_size(self) -> int:
+        """The number of processes AutoDrop spans (1 on one process)."""
+        return self._shards.world_size
+
+    @property
     def lr_scales(self) -> list[float]:
         """Per param group: the product of the drop factors applied so far."""
         return list(self._lr.scales)
@@ -312,6 +340,8 @@ class AutoDrop:
             "prev_angle": self._prev_angle,
             "warned_zero": self._warned_zero,
             "lr": self._lr.state_dict(),
+            # The tensors below hold this process's shard only: they resume on the same rank of the same world.
+            "distributed": self._shards.describe(),
             "param_shapes": [list(s) for s in self._snapshot.shapes],
             "snapshot": self._snapshot.state(),
             "displacement": self._displacement.state(),
@@ -326,6 +356,15 @@ class AutoDrop:
                 f"not an AutoDrop state (format {state.get('format') if isinstance(state, dict) else type(state).__name__!r}, "
                 f"expected {_STATE_FORMAT})"
             )
+        saved, here = state.get("distributed", {"rank": 0, "world_size": 1}), self._shards.describe()
+        if saved["world_size"] != here["world_size"]:
+            raise ValueError(
+                f"AutoDrop state was saved by a run of {saved['world_size']} process(es) but this run has "
+                f"{here['world_size']}: AutoDrop's snapshots are sharded like the parameters and cannot be "
+                f"resharded. Resume with {saved['world_size']} process(es), or start AutoDrop afresh (drop its state)."
+            )
+        if saved["rank"] != here["rank"]:
+            raise ValueError(f"AutoDrop state of rank {saved['rank']} cannot be loaded on rank {here['rank']}")
         shapes = [tuple(s) for s in state["param_shapes"]]
         if shapes != self._snapshot.shapes:
             raise ValueError(
@@ -335,11 +374,11 @@ class AutoDrop:
             )
         if state["phase"] not in (MONITOR, AVERAGING):
             raise ValueError(f"AutoDrop state has unknown phase {state['phase']!r}")
-        if state["config"] != self.config.to_dict():
+        # Fields added after a state was saved take their defaults.
+        saved_config = {**AutoDropConfig().to_dict(), **state["config"]}
+        if saved_config != self.config.to_dict():
             changed = {
-                k: (v, getattr(self.config, k))
-                for k, v in state["config"].items()
-                if getattr(self.config, k, None) != v
+                k: (v, getattr(self.config, k)) for k, v in saved_config.items() if getattr(self.config, k, None) != v
             }
             logger.warning("AutoDrop: resuming with a changed config (saved -> now): %s", changed)
         self._snapshot.load(state["snapshot"], "snapshot")
@@ -347,7 +386,7 @@ class AutoDrop:
         if state["phase"] == AVERAGING:
             if state["average"] is None:
                 raise ValueError("AutoDrop state is averaging but holds no average")
-            self._average = FlatCopy(self._params)
+            self._average = self._snapshot.empty_like()
             self._average.load(state["average"], "average")
             self._buffer_average = None
             if self._buffers and state["buffer_average"] is not None:
@@ -364,6 +403,14 @@ class AutoDrop:
         self._num_drops = int(state["num_drops"])
         self._prev_angle = float(state["prev_angle"])
         self._warned_zero = bool(state["warned_zero"])
+
+
+def _innermost(optimizer):
+    """The optimizer whose own `step()` updates the parameters, below wrappers that subclass
+    `torch.optim.Optimizer` without its hooks (accelerate's `AcceleratedOptimizer`)."""
+    while isinstance(getattr(optimizer, "optimizer", None), torch.optim.Optimizer):
+        optimizer = optimizer.optimizer
+    return optimizer
 
 
 def _fmt(lrs: list[float]) -> str:

@@ -15,9 +15,12 @@ architectures are registered):
 `render_model_card`.
 
 Example:
-    >>> from hf_autodrop import hub
-    >>> folder = hub.write_model_folder(model, "out/model", results, curve_path="out/training_curve.png")
-    >>> hub.push_folder(folder, "my-name/resnet18-cifar10-autodrop")  # doctest: +SKIP
+    ```python
+    from hf_autodrop import hub
+
+    folder = hub.write_model_folder(model, "out/model", results, curve_path="out/training_curve.png")
+    hub.push_folder(folder, "my-name/resnet18-cifar10-autodrop")
+    ```
 """
 
 from __future__ import annotations
