@@ -15,9 +15,11 @@ $(VENV)/.demo: $(VENV)/bin/python pyproject.toml
 	$(PY) -m pip install -q -e ".[demo]"
 	touch $@
 
+# DeepSpeed builds against the installed torch, hence --no-build-isolation (the ZeRO-3 tests need it).
 $(VENV)/.dev: $(VENV)/bin/python pyproject.toml
 	$(PY) -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
 	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q --no-build-isolation "deepspeed>=0.16"
 	touch $@ $(VENV)/.demo
 
 setup-demo: $(VENV)/.demo
