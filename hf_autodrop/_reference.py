@@ -23,6 +23,23 @@ def reference_angle(a: torch.Tensor, b: torch.Tensor) -> float:
     return math.degrees(math.acos(min(1.0, max(-1.0, cos))))
 
 
+def reference_trend_t(angles: list[float]) -> float:
+    """abs(slope)/SE(slope) of a straight-line least-squares fit, through torch.linalg.lstsq."""
+    if any(math.isnan(a) for a in angles):
+        return math.nan
+    y = torch.tensor(angles, dtype=torch.float64)
+    x = torch.arange(len(angles), dtype=torch.float64)
+    design = torch.stack([torch.ones_like(x), x], dim=1)
+    coef = torch.linalg.lstsq(design, y.unsqueeze(1)).solution.squeeze(1)
+    residual = y - design @ coef
+    sigma_sq = (residual @ residual).item() / (len(angles) - 2)
+    se = math.sqrt(sigma_sq / ((x - x.mean()) ** 2).sum().item())
+    slope = coef[1].item()
+    if se == 0.0:
+        return 0.0 if slope == 0.0 else math.inf
+    return abs(slope) / se
+
+
 class ReferenceAutoDrop:
     """AutoDrop on a flat vector: `step(x)` returns (decision, parameters to use, learning rates)."""
 
@@ -30,7 +47,7 @@ class ReferenceAutoDrop:
         self.config = config
         self.prev_x = x0.double().clone()
         self.prev_s = None
-        self.prev_omega = math.nan
+        self.omegas: list[float] = []  # every angle since the last reset
         self.phase = "monitor"
         self.snapshots: list[torch.Tensor] = []
         self.threshold = config.threshold
@@ -46,11 +63,18 @@ class ReferenceAutoDrop:
         s = x - self.prev_x
         finite = bool(torch.isfinite(s).all())
         omega = reference_angle(s, self.prev_s) if self.prev_s is not None else math.nan
-        change = abs(omega - self.prev_omega)
+        omegas = self.omegas + [omega]
+        if cfg.detector == "paper":
+            statistic = abs(omegas[-1] - omegas[-2]) if len(omegas) >= 2 else math.nan
+            tolerance = self.threshold
+        else:
+            window = omegas[-cfg.trend_window :]
+            statistic = reference_trend_t(window) if len(window) == cfg.trend_window else math.nan
+            tolerance = cfg.trend_z * self.threshold / cfg.threshold
         triggered = dropped = exhausted = False
 
         if self.phase == "monitor":
-            if finite and change < self.threshold:  # False whenever either angle is undefined (NaN)
+            if finite and statistic < tolerance:  # False whenever the statistic is undefined (NaN)
                 triggered = True
                 self.phase = "averaging"
                 self.snapshots = [x]
@@ -75,18 +99,19 @@ class ReferenceAutoDrop:
             self.num_drops += 1
             self.phase = "monitor"
             self.snapshots = []
-            self.prev_x, self.prev_s, self.prev_omega = x.clone(), None, math.nan
+            self.prev_x, self.prev_s, self.omegas = x.clone(), None, []
         else:
-            self.prev_x, self.prev_s, self.prev_omega = x, s, omega
+            self.prev_x, self.prev_s, self.omegas = x, s, omegas
 
         decision = {
             "interval": self.interval,
             "angle": omega,
+            "statistic": statistic,
             "triggered": triggered,
             "dropped": dropped,
             "exhausted": exhausted,
             "phase": self.phase,
-            "threshold": self.threshold,
+            "threshold": self.threshold if cfg.detector == "paper" else cfg.trend_z * self.threshold / cfg.threshold,
             "num_drops": self.num_drops,
         }
         return decision, x, list(self.lrs)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import uuid
 import weakref
@@ -90,6 +91,7 @@ class AutoDropCallback(TrainerCallback, ExportableState):
         self._global_step = 0
         self._trainer_ref = None  # set through `install` to reach the reporting integrations
         self._warned_schedule = False
+        self._every: int | None = None  # optimizer steps per interval; None = once per epoch
 
     # ------------------------------------------------------------------ ExportableState
     def state(self) -> dict:
@@ -126,22 +128,22 @@ class AutoDropCallback(TrainerCallback, ExportableState):
             ids = [self._run_id]
             dist.broadcast_object_list(ids, src=0)
             self._run_id = ids[0]
-        if state.global_step > 0:
+        resuming = state.global_step > 0
+        self._every = self._plan_interval(state, report=not resuming)
+        if resuming:
             self._resume(args, state)
         else:
             self.measurements = []
-            self._warn_if_too_short(state)
         return control
 
     def on_step_end(self, args, state, control, **kwargs):
         self._global_step = state.global_step
-        every = self.config.interval_steps
-        if every is not None and state.global_step % every == 0:
+        if self._every is not None and state.global_step % self._every == 0:
             self._measure(args, state, control)
         return control
 
     def on_epoch_end(self, args, state, control, **kwargs):
-        if self.config.interval_steps is None:
+        if self._every is None:
             self._measure(args, state, control)
         return control
 
@@ -198,25 +200,50 @@ class AutoDropCallback(TrainerCallback, ExportableState):
                 name,
             )
 
-    def _warn_if_too_short(self, state) -> None:
+    def _plan_interval(self, state, report: bool) -> int | None:
+        """Optimizer steps per interval, or None for once per epoch.
+
+        With `interval_steps=None` the callback measures once per epoch when the run has epochs
+        enough for a drop; otherwise (few epochs, or a step-based run shorter than a few epochs) it
+        measures every `max_steps // (3 * min_intervals_per_drop)` steps, which leaves room for about
+        three drops, and says so. The choice depends only on the planned run, so a resumed run makes
+        the same one.
+        """
         cfg = self.config
-        needed = cfg.drop_delay + 3
-        if cfg.interval_steps is None:
-            planned, unit = int(state.num_train_epochs), "epochs"
-        else:
-            planned, unit = state.max_steps // cfg.interval_steps, f"intervals of {cfg.interval_steps} steps"
-        if planned < needed:
-            suggestion = max(1, state.max_steps // (3 * needed))
-            logger.warning(
-                "AutoDrop: this run plans %d %s, but the earliest possible drop comes after drop_delay + 3 = %d "
-                "intervals, so no drop can happen. Measure more often, e.g. interval_steps=%d (the run has %d "
-                "optimizer steps), or lower drop_delay.",
-                planned,
-                unit,
+        needed = cfg.min_intervals_per_drop
+        if cfg.interval_steps is not None:
+            every = cfg.interval_steps
+            planned = state.max_steps // every
+            if report and planned < needed:
+                logger.warning(
+                    "AutoDrop: this run plans %d intervals of %d steps, but the earliest possible drop comes "
+                    "after %d intervals (the first check + drop_delay), so no drop can happen. Set "
+                    "interval_steps=%d or lower (the run has %d optimizer steps), leave it unset to let "
+                    "AutoDrop choose, or lower drop_delay.",
+                    planned,
+                    every,
+                    needed,
+                    max(1, state.max_steps // (3 * needed)),
+                    state.max_steps,
+                )
+            return every
+        epochs = math.ceil(state.num_train_epochs)
+        if epochs >= needed:
+            return None
+        every = max(1, state.max_steps // (3 * needed))
+        if report:
+            level = logging.INFO if state.max_steps // every >= needed else logging.WARNING
+            logger.log(
+                level,
+                "AutoDrop: the run plans %d epoch(s), fewer than the %d intervals a drop needs (the first check + "
+                "drop_delay); measuring every %d optimizer steps instead (%d intervals). Set interval_steps "
+                "to choose yourself.",
+                epochs,
                 needed,
-                suggestion,
-                state.max_steps,
+                every,
+                state.max_steps // every,
             )
+        return every
 
     def _resume(self, args, state) -> None:
         info = self._checkpoint

@@ -6,6 +6,8 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
+from .detectors import DETECTORS
+
 __all__ = ["AutoDropConfig"]
 
 
@@ -28,6 +30,17 @@ class AutoDropConfig:
             this between two consecutive intervals.
         max_threshold (`float`, defaults to 1.0):
             theta_max, in degrees: the threshold grows by `1 / drop_factor` at every drop up to this cap.
+        detector (`str`, defaults to `"paper"`):
+            The saturation test (see `hf_autodrop.detectors`). `"paper"`: abs(omega_t - omega_(t-1)) <
+            threshold degrees. `"trend"`: the least-squares slope of the last `trend_window` angles is
+            smaller than `trend_z` standard errors of itself (noise-adaptive, no degrees to tune);
+            `trend_z` grows with the threshold's ratio `threshold_now / threshold` (capped by
+            `max_threshold / threshold`).
+        trend_window (`int`, defaults to 10):
+            Angles in the `"trend"` test's window (>= 3); its first check comes `trend_window + 1`
+            intervals after the start or a drop.
+        trend_z (`float`, defaults to 1.0):
+            The `"trend"` test's initial tolerance, in standard errors of the slope (> 0).
         drop_delay (`int`, defaults to 20):
             n_d: intervals between the trigger and the drop, during which parameters are averaged.
         interval_steps (`int` or `None`, defaults to `None`):
@@ -49,13 +62,16 @@ class AutoDropConfig:
 
     Example:
         >>> AutoDropConfig(drop_factor=0.2, drop_delay=5)
-        AutoDropConfig(drop_factor=0.2, min_lr=None, threshold=0.01, max_threshold=1.0, drop_delay=5, interval_steps=None, average_buffers=True, dry_run=False, stop_when_exhausted=False, offload_to_cpu=False)
+        AutoDropConfig(drop_factor=0.2, min_lr=None, threshold=0.01, max_threshold=1.0, detector='paper', trend_window=10, trend_z=1.0, drop_delay=5, interval_steps=None, average_buffers=True, dry_run=False, stop_when_exhausted=False, offload_to_cpu=False)
     """
 
     drop_factor: float = 0.1
     min_lr: float | None = None
     threshold: float = 0.01
     max_threshold: float = 1.0
+    detector: str = "paper"
+    trend_window: int = 10
+    trend_z: float = 1.0
     drop_delay: int = 20
     interval_steps: int | None = None
     average_buffers: bool = True
@@ -81,6 +97,12 @@ class AutoDropConfig:
             or self.max_threshold < self.threshold
         ):
             raise bad("max_threshold", f"a finite number of degrees >= threshold ({self.threshold})")
+        if self.detector not in DETECTORS:
+            raise bad("detector", f"one of {DETECTORS}")
+        if not isinstance(self.trend_window, int) or isinstance(self.trend_window, bool) or self.trend_window < 3:
+            raise bad("trend_window", "an integer >= 3")
+        if not _is_number(self.trend_z) or not math.isfinite(self.trend_z) or self.trend_z <= 0:
+            raise bad("trend_z", "a finite number > 0 (standard errors of the slope)")
         if not isinstance(self.drop_delay, int) or isinstance(self.drop_delay, bool) or self.drop_delay < 0:
             raise bad("drop_delay", "an integer >= 0 (the paper uses 20)")
         if self.interval_steps is not None and (
@@ -90,6 +112,12 @@ class AutoDropConfig:
         for name in ("average_buffers", "dry_run", "stop_when_exhausted", "offload_to_cpu"):
             if not isinstance(getattr(self, name), bool):
                 raise bad(name, "True or False")
+
+    @property
+    def min_intervals_per_drop(self) -> int:
+        """Intervals from the start (or a drop) to the earliest possible drop: the first check + drop_delay."""
+        first_check = 3 if self.detector == "paper" else self.trend_window + 1
+        return first_check + self.drop_delay
 
     def replace(self, **changes: object) -> AutoDropConfig:
         """A copy with some fields changed (validated again); unknown names raise `TypeError`."""

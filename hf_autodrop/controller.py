@@ -12,6 +12,7 @@ import torch
 from .angles import angle_from_sums
 from .averaging import FlatCopy, OffloadedFlatCopy
 from .config import AutoDropConfig
+from .detectors import change_statistic, trend_statistic
 from .distributed import local_shards
 from .lr import LRGroups
 
@@ -32,7 +33,11 @@ class Measurement:
         angle: omega_t, the angle in degrees between the last two displacements (NaN when undefined:
             fewer than two displacements since the last reset, a zero displacement, or NaN/Inf).
         angle_change: abs(omega_t - omega_(t-1)) (NaN when either is undefined).
-        threshold: the trigger threshold in degrees in effect from now on.
+        statistic: the saturation test's statistic at this interval: `angle_change` for the paper's
+            test, abs(slope)/SE(slope) over the window for `"trend"` (NaN while undefined). A trigger
+            needs it below `threshold` (as it stood before this interval).
+        threshold: the test's tolerance in effect from now on: degrees for `"paper"`, standard errors
+            of the slope for `"trend"`.
         phase: "monitor" or "averaging".
         lr_scale: param group 0's product of the drop factors applied so far (its lr over its
             initial lr under a constant base schedule).
@@ -47,6 +52,7 @@ class Measurement:
     interval: int
     angle: float
     angle_change: float
+    statistic: float
     threshold: float
     phase: str
     lr_scale: float
@@ -62,6 +68,7 @@ class Measurement:
         return {
             "autodrop/angle": self.angle,
             "autodrop/angle_change": self.angle_change,
+            "autodrop/statistic": self.statistic,
             "autodrop/threshold": self.threshold,
             "autodrop/lr_scale": self.lr_scale,
             "autodrop/phase": 0.0 if self.phase == MONITOR else 1.0,
@@ -156,7 +163,7 @@ class AutoDrop:
         self._phase = MONITOR
         self._threshold = float(self.config.threshold)
         self._num_drops = 0
-        self._prev_angle = math.nan
+        self._recent: list[float] = []  # the last angles since the reset, oldest first, for the detector
         self._warned_zero = False
         if self.config.offload_to_cpu:
             # The end-of-interval snapshot is copied to CPU memory while the next steps compute; the
@@ -189,12 +196,14 @@ class AutoDrop:
 
         finite = math.isfinite(norm_sq)
         angle = angle_from_sums(dot, norm_sq, prev_norm_sq) if self._t >= 2 else math.nan
-        change = abs(angle - self._prev_angle)
+        change = change_statistic(self._recent[-1], angle) if self._recent else math.nan
+        statistic = self._statistic(angle, change)
+        tolerance = self._tolerance()
         self._report_bad_values(finite, norm_sq, prev_norm_sq)
 
         triggered = dropped = exhausted = False
         if self._phase == MONITOR:
-            if finite and change < self._threshold:
+            if finite and statistic < tolerance:
                 triggered = True
                 self._phase, self._k = AVERAGING, 1
                 self._average = self._snapshot.clone()
@@ -211,13 +220,15 @@ class AutoDrop:
             dropped = True
             exhausted = self._drop(angle)
         else:
-            self._prev_angle = angle
+            keep = 1 if cfg.detector == "paper" else cfg.trend_window - 1
+            self._recent = (self._recent + [angle])[-keep:]
 
         return Measurement(
             interval=self._interval,
             angle=angle,
             angle_change=change,
-            threshold=self._threshold,
+            statistic=statistic,
+            threshold=self._tolerance(),
             phase=self._phase,
             lr_scale=self._lr.scales[0],
             dropped=dropped,
@@ -227,6 +238,19 @@ class AutoDrop:
             should_stop=exhausted and cfg.stop_when_exhausted,
             lrs=tuple(self._lr.current_lrs()),
         )
+
+    def _statistic(self, angle: float, change: float) -> float:
+        """The detector's statistic at this interval (NaN while it has too few angles)."""
+        if self.config.detector == "paper":
+            return change
+        window = (self._recent + [angle])[-self.config.trend_window :]
+        return trend_statistic(window) if len(window) == self.config.trend_window else math.nan
+
+    def _tolerance(self) -> float:
+        """What the statistic must stay below to trigger: the threshold, or z grown like the threshold."""
+        if self.config.detector == "paper":
+            return self._threshold
+        return self.config.trend_z * self._threshold / self.config.threshold
 
     def _drop(self, angle: float) -> bool:
         cfg = self.config
@@ -243,7 +267,7 @@ class AutoDrop:
         self._num_drops += 1
         # Reset the angle history: the (averaged) parameters are the new x_0.
         self._phase, self._k, self._t = MONITOR, 0, 0
-        self._prev_angle = math.nan
+        self._recent = []
         self._average = self._buffer_average = None
         self._snapshot.copy_from(self._shards.tensors())
 
@@ -337,7 +361,7 @@ class AutoDrop:
             "phase": self._phase,
             "threshold": self._threshold,
             "num_drops": self._num_drops,
-            "prev_angle": self._prev_angle,
+            "recent_angles": list(self._recent),
             "warned_zero": self._warned_zero,
             "lr": self._lr.state_dict(),
             # The tensors below hold this process's shard only: they resume on the same rank of the same world.
@@ -401,7 +425,7 @@ class AutoDrop:
         self._phase = state["phase"]
         self._threshold = float(state["threshold"])
         self._num_drops = int(state["num_drops"])
-        self._prev_angle = float(state["prev_angle"])
+        self._recent = [float(a) for a in state["recent_angles"]]
         self._warned_zero = bool(state["warned_zero"])
 
 

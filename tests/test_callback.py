@@ -445,9 +445,24 @@ class TestOddRuns:
         assert trainer.state.global_step == 4 * STEPS_PER_EPOCH
         assert autodrop_entries(trainer)[-1]["autodrop/num_drops"] == 1
 
-    def test_too_short_run_warns_and_says_what_to_change(self, tmp_path, autodrop_logs):
-        make_trainer(tmp_path, [AutoDropCallback()], num_train_epochs=5).train()
-        assert "no drop can happen" in autodrop_logs.text and "interval_steps=" in autodrop_logs.text
+    def test_short_run_measures_more_often_than_per_epoch(self, tmp_path, autodrop_logs):
+        # 5 epochs of 8 steps, paper defaults: a drop needs 3 + 20 intervals; 40 // 69 -> every step.
+        trainer = make_trainer(tmp_path, [AutoDropCallback()], num_train_epochs=5)
+        trainer.train()
+        assert "measuring every 1 optimizer steps instead (40 intervals)" in autodrop_logs.text
+        assert [e["step"] for e in autodrop_entries(trainer)] == list(range(1, 41))
+
+    def test_short_run_with_auto_interval_drops(self, tmp_path):
+        # 3 epochs of 8 steps, a drop needs 3 + 1 intervals: every 24 // 12 = 2 steps, a drop at step 8.
+        trainer = make_trainer(tmp_path, [AutoDropCallback(drop_delay=1, **ALWAYS)], num_train_epochs=3)
+        trainer.train()
+        entries = autodrop_entries(trainer)
+        assert [e["step"] for e in entries] == list(range(2, 25, 2))
+        assert entries[3]["autodrop/num_drops"] == 1
+
+    def test_too_long_interval_warns_and_says_what_to_change(self, tmp_path, autodrop_logs):
+        make_trainer(tmp_path, [AutoDropCallback(interval_steps=8)], num_train_epochs=5).train()
+        assert "no drop can happen" in autodrop_logs.text and "interval_steps=1 or lower" in autodrop_logs.text
 
 
 def test_decaying_schedule_warns_once_at_init(tmp_path, autodrop_logs):

@@ -408,6 +408,7 @@ def test_measurement_logs_have_the_spec_keys():
         interval=3,
         angle=80.0,
         angle_change=0.5,
+        statistic=0.5,
         threshold=1.0,
         phase="averaging",
         lr_scale=0.1,
@@ -417,6 +418,7 @@ def test_measurement_logs_have_the_spec_keys():
     assert m.logs() == {
         "autodrop/angle": 80.0,
         "autodrop/angle_change": 0.5,
+        "autodrop/statistic": 0.5,
         "autodrop/threshold": 1.0,
         "autodrop/lr_scale": 0.1,
         "autodrop/phase": 1.0,

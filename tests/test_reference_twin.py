@@ -13,8 +13,12 @@ SHAPES = [(7, 5), (13,), (3, 2, 4), (1,), (40,)]
 
 def _random_config(g: torch.Generator) -> AutoDropConfig:
     u = lambda lo, hi: lo + (hi - lo) * torch.rand((), generator=g).item()  # noqa: E731
+    trend = bool(torch.rand((), generator=g) < 0.5)
     threshold = u(0.2, 3.0)
     return AutoDropConfig(
+        detector="trend" if trend else "paper",
+        trend_window=int(torch.randint(3, 9, (), generator=g)),
+        trend_z=u(0.3, 2.0),
         drop_factor=[0.1, 0.2, 0.5, u(0.05, 0.9)][int(torch.randint(4, (), generator=g))],
         min_lr=None if torch.rand((), generator=g) < 0.5 else u(1e-4, 5e-3),
         threshold=threshold,
@@ -86,10 +90,11 @@ def test_fast_matches_reference(seed):
         ), interval
         assert (m.phase, m.num_drops) == (decision["phase"], decision["num_drops"]), interval
         assert m.threshold == pytest.approx(decision["threshold"], rel=1e-12)
-        if math.isnan(decision["angle"]):
-            assert math.isnan(m.angle)
-        else:
-            assert m.angle == pytest.approx(decision["angle"], abs=1e-4)
+        for got, want in ((m.angle, decision["angle"]), (m.statistic, decision["statistic"])):
+            if math.isnan(want):
+                assert math.isnan(got)
+            else:
+                assert got == pytest.approx(want, rel=1e-4, abs=1e-4)
         torch.testing.assert_close(flat(), ref_x, rtol=1e-6, atol=1e-6)
         if m.dropped:
             # Both averages agree to 1e-6; continue both from what the parameters really hold, so that
@@ -103,7 +108,7 @@ def test_fast_matches_reference(seed):
 
 def test_trajectories_exercise_every_branch():
     """The random trajectories above do reach triggers, drops, floors and undefined angles."""
-    seen = {"triggered": 0, "dropped": 0, "exhausted": 0, "nan": 0, "dry": 0}
+    seen = {"triggered": 0, "dropped": 0, "exhausted": 0, "nan": 0, "dry": 0, "trend drops": 0}
     for seed in range(40):
         g = torch.Generator().manual_seed(seed)
         cfg = _random_config(g)
@@ -118,4 +123,5 @@ def test_trajectories_exercise_every_branch():
             seen["exhausted"] += d["exhausted"]
             seen["nan"] += math.isnan(d["angle"])
             seen["dry"] += d["dropped"] and cfg.dry_run
+            seen["trend drops"] += d["dropped"] and cfg.detector == "trend"
     assert all(count > 0 for count in seen.values()), seen
