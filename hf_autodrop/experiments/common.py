@@ -66,7 +66,7 @@ class Study:
         )
         if saves_runs:
             parser.add_argument("--report-only", action="store_true",
-                                help="rewrite the report and plots from the saved runs (<out>/<task>_runs.json), no training")
+                                help="rewrite the report and plots from the saved runs (<out>/<task>_runs.json.gz), no training")
         argv = list(sys.argv[1:] if argv is None else argv)
         self.args = parser.parse_args(argv)
         self.command = shlex.join(["python", "-m", module, *argv])

@@ -10,6 +10,7 @@ the constant-lr trajectory, so the dry run shows exactly when the paper's rule f
 
 from __future__ import annotations
 
+import gzip
 import logging
 import math
 import os
@@ -481,7 +482,7 @@ def save_runs(path: str, results: list[dict], provenance: dict) -> None:
             return [squeeze(v) for v in x]
         return x
 
-    with open(path, "w") as f:
+    with gzip.open(path, "wt") as f:
         json.dump({"provenance": provenance, "runs": squeeze(results)}, f, separators=(",", ":"))
 
 
@@ -489,7 +490,7 @@ def load_runs(path: str) -> tuple[list[dict], dict]:
     """The runs and provenance `save_runs` wrote (NaN angles come back as None, read as NaN)."""
     import json
 
-    with open(path) as f:
+    with gzip.open(path, "rt") as f:
         data = json.load(f)
     for r in data["runs"]:
         for m in r["autodrop"]:
@@ -545,7 +546,7 @@ def main_for(study: Study, task: TaskSpec, sweep_lrs: Sequence[float] = (), tune
         print(f"[{task.name}] {r['method']} lr={r['lr']} seed={r['seed']}: final {r['final']:.3f}{tag}",
               file=sys.stderr, flush=True)
 
-    runs_path = study.path(f"{task.name}_runs.json")
+    runs_path = study.path(f"{task.name}_runs.json.gz")
     if study.report_only:
         results, provenance = load_runs(runs_path)
     else:
