@@ -1,0 +1,136 @@
+"""The two small real tasks of the studies, both offline: digits (a small CNN) and a character-level LM.
+
+- `digits`: scikit-learn's 8x8 digits (1797 images, shipped with scikit-learn), split once with a
+  fixed seed into 997 train / 300 validation / 500 test images; a two-convolution CNN.
+- `charlm`: the Python standard library's own `*.py` sources (already on every machine with Python),
+  as ASCII bytes, in fixed chunks; a 2-layer causal transformer predicting the next character.
+
+The validation split exists only for the methods that need one (`reduce_lr_on_plateau`); the test
+split measures every method.
+"""
+
+from __future__ import annotations
+
+import functools
+import glob
+import math
+import os
+import sysconfig
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = ["DigitsCNN", "CharTransformer", "digits_splits", "charlm_splits", "TensorDataset"]
+
+
+class TensorDataset(torch.utils.data.Dataset):
+    """Items `{name: tensor[i]}` (what the Trainer's default collator stacks)."""
+
+    def __init__(self, **tensors: torch.Tensor):
+        self.tensors = tensors
+        self.n = len(next(iter(tensors.values())))
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i):
+        return {k: v[i] for k, v in self.tensors.items()}
+
+
+# ---------------------------------------------------------------------------- digits
+@functools.lru_cache(maxsize=1)
+def digits_splits() -> tuple[TensorDataset, TensorDataset, TensorDataset]:
+    """(train 997, validation 300, test 500) of scikit-learn's digits; the split is fixed (seed 0)."""
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    order = np.random.default_rng(0).permutation(len(y))
+    x = torch.from_numpy((x[order] / 16.0).astype(np.float32)).reshape(-1, 1, 8, 8)
+    y = torch.from_numpy(y[order].astype(np.int64))
+    cuts = [(0, 997), (997, 1297), (1297, 1797)]
+    return tuple(TensorDataset(x=x[a:b], labels=y[a:b]) for a, b in cuts)
+
+
+class DigitsCNN(nn.Module):
+    """Two 3x3 convolutions (16, 32 channels), a 2x2 max-pool and a 64-unit hidden layer (42 k parameters)."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)
+        )
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(32 * 16, 64), nn.ReLU(), nn.Linear(64, 10))
+
+    def forward(self, x, labels=None):
+        logits = self.head(self.features(x))
+        out = {"logits": logits}
+        if labels is not None:
+            out["loss"] = nn.functional.cross_entropy(logits, labels)
+        return out
+
+
+# ---------------------------------------------------------------------------- char LM
+VOCAB = 128  # ASCII; any other byte becomes "?"
+
+
+@functools.lru_cache(maxsize=1)
+def stdlib_text() -> bytes:
+    """The top-level `*.py` files of this Python's standard library, sorted by name, as ASCII bytes."""
+    files = sorted(glob.glob(os.path.join(sysconfig.get_paths()["stdlib"], "*.py")))
+    if not files:
+        raise FileNotFoundError("no *.py files in the standard library directory; the charlm task needs them")
+    data = b"".join(open(f, "rb").read() for f in files)
+    arr = np.frombuffer(data, dtype=np.uint8).copy()
+    arr[arr >= VOCAB] = ord("?")
+    return arr.tobytes()
+
+
+@functools.lru_cache(maxsize=4)
+def charlm_splits(context: int = 64, train_chars: int = 1_500_000, eval_sequences: int = 256):
+    """(train, validation, test) sequences of `context + 1` characters cut from the stdlib text.
+
+    Train: the first `train_chars` characters in non-overlapping chunks; validation and test:
+    `eval_sequences` chunks each from the text after it (validation first), so no file overlaps.
+    """
+    arr = torch.from_numpy(np.frombuffer(stdlib_text(), dtype=np.uint8).astype(np.int64))
+    width = context + 1
+
+    def chunks(start: int, count: int) -> TensorDataset:
+        seqs = arr[start : start + count * width].view(count, width)
+        return TensorDataset(input_ids=seqs[:, :-1].contiguous(), labels=seqs[:, 1:].contiguous())
+
+    n_train = train_chars // width
+    val_start = n_train * width
+    test_start = val_start + eval_sequences * width
+    if test_start + eval_sequences * width > arr.numel():
+        raise ValueError("the standard library text is too short for these split sizes")
+    return chunks(0, n_train), chunks(val_start, eval_sequences), chunks(test_start, eval_sequences)
+
+
+class CharTransformer(nn.Module):
+    """A small causal transformer (pre-LayerNorm) over ASCII characters; the loss is in nats per character."""
+
+    def __init__(self, context: int = 64, dim: int = 48, layers: int = 2, heads: int = 4):
+        super().__init__()
+        self.embed = nn.Embedding(VOCAB, dim)
+        self.pos = nn.Parameter(torch.randn(context, dim) * 0.02)
+        layer = nn.TransformerEncoderLayer(dim, heads, 4 * dim, dropout=0.0, activation="gelu", batch_first=True,
+                                           norm_first=True)
+        self.blocks = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(dim)
+        self.out = nn.Linear(dim, VOCAB)
+        self.register_buffer("mask", nn.Transformer.generate_square_subsequent_mask(context), persistent=False)
+
+    def forward(self, input_ids, labels=None):
+        t = input_ids.shape[1]
+        h = self.embed(input_ids) + self.pos[:t]
+        h = self.blocks(h, mask=self.mask[:t, :t], is_causal=True)
+        logits = self.out(self.norm(h))
+        out = {"logits": logits}
+        if labels is not None:
+            out["loss"] = nn.functional.cross_entropy(logits.reshape(-1, VOCAB), labels.reshape(-1))
+        return out
+
+
+NATS_TO_BITS = 1.0 / math.log(2.0)

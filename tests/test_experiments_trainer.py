@@ -1,0 +1,81 @@
+"""The real-data studies: one run's record, the dry-run shortcut's identity, and each study's quick mode."""
+
+import gzip
+import json
+
+import pytest
+
+from hf_autodrop.experiments import charlm_study, digits_study
+from hf_autodrop.experiments.trainer_study import PAPER_AUTODROP, Method, run_all, run_one
+
+TASK = digits_study.QUICK_TASK
+FORCED = dict(threshold=180.0, max_threshold=180.0, drop_delay=1)  # every check triggers
+
+
+def test_autodrop_that_never_drops_is_the_constant_run_bit_for_bit():
+    # The premise of run_all's shortcut: the paper's rule does not fire in this run, so the real
+    # AutoDrop run (any drop factor) is the constant-lr run, and the dry run shows it.
+    constant = run_one(TASK, Method("constant lr", "constant"), seed=0)
+    autodrop = run_one(TASK, Method("AutoDrop", "autodrop", autodrop={**PAPER_AUTODROP, "drop_factor": 0.5}), seed=0)
+    assert not any(m["dropped"] for m in constant["autodrop"])
+    assert [c["metric"] for c in autodrop["curve"]] == [c["metric"] for c in constant["curve"]]
+    assert [c["loss"] for c in autodrop["curve"]] == [c["loss"] for c in constant["curve"]]
+    assert [m["angle"] for m in autodrop["autodrop"][1:]] == [m["angle"] for m in constant["autodrop"][1:]]
+
+
+def test_run_all_trains_autodrop_when_the_dry_run_drops():
+    const = Method("constant lr", "constant", autodrop=FORCED)
+    ad = Method("AutoDrop forced", "autodrop", autodrop={**FORCED, "drop_factor": 0.2})
+    never = Method("AutoDrop paper", "autodrop", autodrop={**PAPER_AUTODROP, "drop_factor": 0.2})
+    const_r, ad_r, never_r = run_all([(TASK, const, 0, None), (TASK, ad, 0, None), (TASK, never, 0, None)])
+    assert any(m["dropped"] for m in const_r["autodrop"])  # the dry run would drop ...
+    assert not ad_r["derived"] and any(m["dropped"] for m in ad_r["autodrop"])  # ... so this one was trained
+    assert ad_r["curve"][-1]["lr"] == pytest.approx(0.05 * 0.2 ** ad_r["autodrop"][-1]["num_drops"])
+    # Other settings than the dry run's: trained too, never derived.
+    assert not never_r["derived"]
+
+
+def test_run_records_what_each_method_needs():
+    plateau = run_one(TASK, Method("plateau", "plateau"), seed=0)
+    assert plateau["val_passes"] == TASK.epochs  # one validation pass per epoch
+    multistep = run_one(TASK, Method("multistep", "multistep"), seed=0)
+    assert multistep["val_passes"] == 0
+    # 5 epochs: drops at round(0.3*5)=2, round(0.6*5)=3, round(0.8*5)=4 epochs.
+    assert [round(c["lr"], 6) for c in multistep["curve"]] == [0.05, 0.01, 0.002, 0.0004, 0.0004]
+    assert len(multistep["curve"]) == TASK.epochs and multistep["to_best"] in range(1, TASK.epochs + 1)
+
+
+def _runs(path):
+    with gzip.open(path, "rt") as f:
+        saved = json.load(f)
+    assert "--quick" in saved["provenance"]["command"]
+    return saved["runs"]
+
+
+def test_digits_quick_study(tmp_path):
+    report = open(digits_study.main(["--quick", "--out", str(tmp_path)])).read()
+    for section in ("## Comparison", "## Table 2 analogue", "## Figure 7 analogue", "issue 5 item 5"):
+        assert section in report
+    for png in ("digits_curves.png", "digits_to_best.png"):
+        assert (tmp_path / png).stat().st_size > 10_000
+    runs = _runs(tmp_path / "digits_runs.json.gz")
+    kinds = {r["kind"] for r in runs}
+    assert kinds == {"constant", "multistep", "cosine", "plateau", "schedulefree", "autodrop"}
+    tuned = [r for r in runs if "tuned" in r["method"]]
+    assert tuned and all(any(m["dropped"] for m in r["autodrop"]) for r in tuned)
+    assert {r["lr"] for r in runs} == {0.1, 0.05}  # the quick sweep
+    # The report can be rewritten from the saved runs without training, keeping the original command.
+    rewritten = open(digits_study.main(["--quick", "--out", str(tmp_path), "--report-only"])).read()
+    assert "Report rewritten from the saved runs" in rewritten
+    assert rewritten.split("## Comparison")[1] == report.split("## Comparison")[1]
+
+
+def test_charlm_quick_study(tmp_path):
+    report = open(charlm_study.main(["--quick", "--out", str(tmp_path)])).read()
+    assert "bits/char" in report and "issue 5 item 5" in report
+    runs = _runs(tmp_path / "charlm_runs.json.gz")
+    constant = next(r for r in runs if r["kind"] == "constant")
+    # Step-based: AutoDrop measures every 5 steps and the test loss is taken every 10 steps.
+    assert [m["step"] for m in constant["autodrop"]] == list(range(5, 41, 5))
+    assert [c["step"] for c in constant["curve"]] == [10, 20, 30, 40]
+    assert constant["final"] < 7.0  # below a uniform guess over 128 characters (7 bits)
