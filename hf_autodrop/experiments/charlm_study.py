@@ -14,10 +14,30 @@ import sys
 from .common import Study
 from .trainer_study import TaskSpec, main_for
 
-TASK = TaskSpec("charlm", "test loss (bits/char)", "adamw", lr=1e-2, weight_decay=0.01, batch_size=16,
-                max_steps=1200, eval_steps=50, interval_steps=50, max_grad_norm=1.0)
-QUICK_TASK = TaskSpec("charlm", "test loss (bits/char)", "adamw", lr=1e-2, weight_decay=0.01, batch_size=16,
-                      max_steps=40, eval_steps=10, interval_steps=5, max_grad_norm=1.0)
+TASK = TaskSpec(
+    "charlm",
+    "test loss (bits/char)",
+    "adamw",
+    lr=1e-2,
+    weight_decay=0.01,
+    batch_size=16,
+    max_steps=1200,
+    eval_steps=50,
+    interval_steps=50,
+    max_grad_norm=1.0,
+)
+QUICK_TASK = TaskSpec(
+    "charlm",
+    "test loss (bits/char)",
+    "adamw",
+    lr=1e-2,
+    weight_decay=0.01,
+    batch_size=16,
+    max_steps=40,
+    eval_steps=10,
+    interval_steps=5,
+    max_grad_norm=1.0,
+)
 # lr 1e-2: in a preliminary run cosine ended 0.11 bits/char below a constant lr there, while at 5e-3
 # (the sweep's other value) the run is too short for any decay to pay off.
 SWEEP_LRS = (1e-2, 5e-3)
@@ -46,10 +66,21 @@ def main(argv=None) -> str:
 
     study = Study("hf_autodrop.experiments.charlm_study", __doc__.splitlines()[0], argv=argv, saves_runs=True)
     task = QUICK_TASK if study.quick else TASK
-    setup = SETUP.format(py=platform.python_version(), lr=task.lr, steps=task.max_steps, eval_steps=task.eval_steps,
-                         interval=task.interval_steps)
-    return main_for(study, task, sweep_lrs=() if study.quick else SWEEP_LRS, tuned=TUNED_QUICK if study.quick else TUNED,
-                    setup=setup, digits=3)
+    setup = SETUP.format(
+        py=platform.python_version(),
+        lr=task.lr,
+        steps=task.max_steps,
+        eval_steps=task.eval_steps,
+        interval=task.interval_steps,
+    )
+    return main_for(
+        study,
+        task,
+        sweep_lrs=() if study.quick else SWEEP_LRS,
+        tuned=TUNED_QUICK if study.quick else TUNED,
+        setup=setup,
+        digits=3,
+    )
 
 
 if __name__ == "__main__":

@@ -53,20 +53,34 @@ class Study:
     machine and the wall time at the top.
     """
 
-    def __init__(self, module: str, description: str, default_seeds: int = 5, argv: Sequence[str] | None = None,
-                 saves_runs: bool = False):
+    def __init__(
+        self,
+        module: str,
+        description: str,
+        default_seeds: int = 5,
+        argv: Sequence[str] | None = None,
+        saves_runs: bool = False,
+    ):
         parser = argparse.ArgumentParser(prog=f"python -m {module}", description=description)
         parser.add_argument("--quick", action="store_true", help="a smoke run of a few seconds (used by the tests)")
         parser.add_argument("--out", default=os.path.join("docs", "results"), help="where the report and plots go")
-        parser.add_argument("--seeds", type=int, default=None, help=f"number of seeds (default {default_seeds}, quick 1-2)")
+        parser.add_argument(
+            "--seeds", type=int, default=None, help=f"number of seeds (default {default_seeds}, quick 1-2)"
+        )
         parser.add_argument("--workers", type=int, default=1, help="parallel worker processes (one torch thread each)")
         parser.add_argument(
-            "--autodrop", type=json.loads, default={}, metavar="JSON",
-            help='AutoDropConfig fields that override the study\'s AutoDrop settings, e.g. \'{"threshold": 0.5}\'',
+            "--autodrop",
+            type=json.loads,
+            default={},
+            metavar="JSON",
+            help="AutoDropConfig fields that override the study's AutoDrop settings, e.g. '{\"threshold\": 0.5}'",
         )
         if saves_runs:
-            parser.add_argument("--report-only", action="store_true",
-                                help="rewrite the report and plots from the saved runs (<out>/<task>_runs.json.gz), no training")
+            parser.add_argument(
+                "--report-only",
+                action="store_true",
+                help="rewrite the report and plots from the saved runs (<out>/<task>_runs.json.gz), no training",
+            )
         argv = list(sys.argv[1:] if argv is None else argv)
         self.args = parser.parse_args(argv)
         self.command = shlex.join(["python", "-m", module, *argv])
@@ -105,7 +119,7 @@ class Study:
             "command": self.command,
             "minutes": round((time.time() - self.start) / 60, 1),
             "machine": f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), Python "
-                       f"{platform.python_version()}, torch {torch.__version__}",
+            f"{platform.python_version()}, torch {torch.__version__}",
             "workers": self.args.workers,
             "load_average_15min": round(os.getloadavg()[2], 1),
             "overrides": self.overrides,

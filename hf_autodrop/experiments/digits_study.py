@@ -40,8 +40,14 @@ def main(argv=None) -> str:
     study = Study("hf_autodrop.experiments.digits_study", __doc__.splitlines()[0], argv=argv, saves_runs=True)
     task = QUICK_TASK if study.quick else TASK
     sweep = (0.1, 0.05) if study.quick else SWEEP_LRS
-    return main_for(study, task, sweep_lrs=sweep, tuned=TUNED_QUICK if study.quick else TUNED,
-                    setup=SETUP.format(epochs=task.epochs), schedulefree_lr_scale=SCHEDULEFREE_LR_SCALE)
+    return main_for(
+        study,
+        task,
+        sweep_lrs=sweep,
+        tuned=TUNED_QUICK if study.quick else TUNED,
+        setup=SETUP.format(epochs=task.epochs),
+        schedulefree_lr_scale=SCHEDULEFREE_LR_SCALE,
+    )
 
 
 if __name__ == "__main__":

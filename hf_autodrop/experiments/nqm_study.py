@@ -94,11 +94,20 @@ def main(argv=None) -> str:
             predicted = steady_state_angle(lr, a, v)
             loss = float(np.mean([r.losses[theorem_steps // 2 :].mean() for r in runs]))
             sat = [saturation_iteration(r.angles, predicted) for r in runs]
-            rows.append([
-                SIGMA_TEXT[noise].split(" (")[0], lr, f"{predicted:.3f}", f"{measured:.3f}", f"{measured - predicted:+.3f}",
-                f"{measured_cos:.3f}", f"{np.nanstd(tail):.2f}", fmt(steady_state_loss(lr, a, v)), fmt(loss),
-                mean_std(sat, 0),
-            ])
+            rows.append(
+                [
+                    SIGMA_TEXT[noise].split(" (")[0],
+                    lr,
+                    f"{predicted:.3f}",
+                    f"{measured:.3f}",
+                    f"{measured - predicted:+.3f}",
+                    f"{measured_cos:.3f}",
+                    f"{np.nanstd(tail):.2f}",
+                    fmt(steady_state_loss(lr, a, v)),
+                    fmt(loss),
+                    mean_std(sat, 0),
+                ]
+            )
     sections.append(
         "## Theorem 1: the steady-state angle\n\n"
         f"Gradient descent on the paper's NQM (dimension 200, A = diag(1/10, ..., 200/10), x_0 = 10 in every "
@@ -111,8 +120,18 @@ def main(argv=None) -> str:
         "against its closed form 1/2 sum(lr a^2 s / (2 - lr a)) too. 'Saturated at' is the first iteration after "
         "which every 500-iteration mean of the angle stays within 1 degree of the closed form.\n\n"
         + markdown_table(
-            ["Sigma", "lr", "closed form (deg)", "measured mean (deg)", "difference", "arccos(mean cos)",
-             "per-iteration std (deg)", "stationary loss, closed form", "measured", "saturated at (iteration)"],
+            [
+                "Sigma",
+                "lr",
+                "closed form (deg)",
+                "measured mean (deg)",
+                "difference",
+                "arccos(mean cos)",
+                "per-iteration std (deg)",
+                "stationary loss, closed form",
+                "measured",
+                "saturated at (iteration)",
+            ],
             rows,
         )
     )
@@ -136,10 +155,12 @@ def main(argv=None) -> str:
             ends, means = block_mean(run.angles, 20)
             axes[row, 1].plot(ends, means, lw=0.8, label=f"lr {lr}")
             axes[row, 1].axhline(steady_state_angle(lr, a, NOISE_MODELS[noise](a)), color="k", lw=0.5, ls=":")
-        axes[row, 0].set(title=f"loss, {SIGMA_TEXT[noise].split(' (')[0]}", xlabel="iteration", ylabel="1/2 x^T A x",
-                         xscale="log")
-        axes[row, 1].set(title="angle, 20-iteration means (dotted: Theorem 1)", xlabel="iteration",
-                         ylabel="degrees", xscale="log")
+        axes[row, 0].set(
+            title=f"loss, {SIGMA_TEXT[noise].split(' (')[0]}", xlabel="iteration", ylabel="1/2 x^T A x", xscale="log"
+        )
+        axes[row, 1].set(
+            title="angle, 20-iteration means (dotted: Theorem 1)", xlabel="iteration", ylabel="degrees", xscale="log"
+        )
         axes[row, 0].legend()
         axes[row, 1].legend()
     fig1 = study.save_figure(fig, "nqm_figure1.png")
@@ -160,7 +181,9 @@ def main(argv=None) -> str:
         sigma = SIGMA_TEXT[noise].split(" (")[0]
         axes[row, 0].set(title=f"loss (20-iteration mean), {sigma}, seed 0", xlabel="iteration")
         axes[row, 1].set(title="learning rate", xlabel="iteration")
-        axes[row, 2].set(title="AutoDrop: 20-iteration mean angle (red: first drops)", xlabel="iteration", ylabel="degrees")
+        axes[row, 2].set(
+            title="AutoDrop: 20-iteration mean angle (red: first drops)", xlabel="iteration", ylabel="degrees"
+        )
         axes[row, 0].legend(fontsize=7)
         axes[row, 2].legend(fontsize=7)
     fig3 = study.save_figure(fig, "nqm_figure3.png")
@@ -176,20 +199,40 @@ def main(argv=None) -> str:
             finals = [float(r.losses[-1000:].mean()) for r in runs]
             reach = [first_at_or_below(r.losses, target) for r in runs]
             own = [first_at_or_below(r.losses, 1.1 * f) for r, f in zip(runs, finals)]
-            floor = [float(np.nonzero(r.lrs <= MIN_LR * (1 + 1e-9))[0][0] + 1) if np.any(r.lrs <= MIN_LR * (1 + 1e-9))
-                     else math.nan for r in runs]
-            fig3_rows.append([sigma, name, mean_std(finals, 3), mean_std(own, 0),
-                              f"{mean_std(reach, 0)}" if not all(math.isnan(x) for x in reach) else "never",
-                              mean_std(floor, 0) if name.startswith("AutoDrop") else ""])
+            floor = [
+                float(np.nonzero(r.lrs <= MIN_LR * (1 + 1e-9))[0][0] + 1)
+                if np.any(r.lrs <= MIN_LR * (1 + 1e-9))
+                else math.nan
+                for r in runs
+            ]
+            fig3_rows.append(
+                [
+                    sigma,
+                    name,
+                    mean_std(finals, 3),
+                    mean_std(own, 0),
+                    f"{mean_std(reach, 0)}" if not all(math.isnan(x) for x in reach) else "never",
+                    mean_std(floor, 0) if name.startswith("AutoDrop") else "",
+                ]
+            )
             if name.startswith("AutoDrop"):
                 first = [r.triggers[0] if r.triggers else math.nan for r in runs]
                 drops = [len(r.drops) for r in runs]
-                firing_rows.append([sigma, name, f"{sum(bool(r.triggers) for r in runs)}/{len(runs)}",
-                                    mean_std(first, 0), f"{min(first):.0f}-{max(first):.0f}", mean_std(drops, 1)])
+                firing_rows.append(
+                    [
+                        sigma,
+                        name,
+                        f"{sum(bool(r.triggers) for r in runs)}/{len(runs)}",
+                        mean_std(first, 0),
+                        f"{min(first):.0f}-{max(first):.0f}",
+                        mean_std(drops, 1),
+                    ]
+                )
                 ch = np.concatenate([[m.angle_change for m in r.measurements] for r in runs])
                 ch = ch[np.isfinite(ch)]
-                change_rows.append([sigma, name, *(f"{q:.3g}" for q in np.percentile(ch, [5, 50, 95])),
-                                    f"{np.mean(ch < 0.01):.4f}"])
+                change_rows.append(
+                    [sigma, name, *(f"{q:.3g}" for q in np.percentile(ch, [5, 50, 95])), f"{np.mean(ch < 0.01):.4f}"]
+                )
         # When the paper's own smoothed NQM rule and our per-iteration rule would fire at a fixed lr.
         for lr in FIXED_LRS:
             runs = results[noise][f"fixed lr {lr}"]
@@ -197,11 +240,25 @@ def main(argv=None) -> str:
             first_raw = [float(np.nonzero(c < 0.01)[0][0] + 2) if np.any(c < 0.01) else math.nan for c in raw]
             first_smooth = [paper_smoothed_rule_fires(r.angles) for r in runs]
             sat = [saturation_iteration(r.angles, steady_state_angle(lr, a, v)) for r in runs]
-            firing_rows.append([sigma, f"fixed lr {lr} (dry measurement)", "-", mean_std(first_raw, 0),
-                                f"smoothed rule: {mean_std(first_smooth, 0)}", f"angle saturates at {mean_std(sat, 0)}"])
+            firing_rows.append(
+                [
+                    sigma,
+                    f"fixed lr {lr} (dry measurement)",
+                    "-",
+                    mean_std(first_raw, 0),
+                    f"smoothed rule: {mean_std(first_smooth, 0)}",
+                    f"angle saturates at {mean_std(sat, 0)}",
+                ]
+            )
             allc = np.concatenate([c[np.isfinite(c)] for c in raw])
-            change_rows.append([sigma, f"fixed lr {lr}", *(f"{q:.3g}" for q in np.percentile(allc, [5, 50, 95])),
-                                f"{np.mean(allc < 0.01):.4f}"])
+            change_rows.append(
+                [
+                    sigma,
+                    f"fixed lr {lr}",
+                    *(f"{q:.3g}" for q in np.percentile(allc, [5, 50, 95])),
+                    f"{np.mean(allc < 0.01):.4f}",
+                ]
+            )
 
     sections.append(
         "## Figure 1: loss and angle at fixed learning rates\n\n"
@@ -219,8 +276,14 @@ def main(argv=None) -> str:
         f"'Final loss' is the mean of 1/2 x^T A x over the last 1000 iterations; the target is 1.1 x the stationary "
         f"loss of the smallest lr ({MIN_LR}); iterations are counted on a 100-iteration running mean of the loss.\n\n"
         + markdown_table(
-            ["Sigma", "method", "final loss", "iterations to 1.1 x own final loss",
-             f"iterations to 1.1 x stationary loss of lr {MIN_LR}", "iteration the lr reached its floor"],
+            [
+                "Sigma",
+                "method",
+                "final loss",
+                "iterations to 1.1 x own final loss",
+                f"iterations to 1.1 x stationary loss of lr {MIN_LR}",
+                "iteration the lr reached its floor",
+            ],
             fig3_rows,
         )
     )
@@ -233,12 +296,22 @@ def main(argv=None) -> str:
         "controller tests with one interval per iteration), the first iteration where the paper's Section 3 rule "
         "(the change between consecutive 20-iteration running means of the angle below 0.01 deg) fires, and when "
         "the angle actually saturates (as in the Theorem 1 table).\n\n"
-        + markdown_table(["Sigma", "run", "runs that fired", "first trigger (iteration)", "range / smoothed rule",
-                          "drops / saturation"], firing_rows)
+        + markdown_table(
+            [
+                "Sigma",
+                "run",
+                "runs that fired",
+                "first trigger (iteration)",
+                "range / smoothed rule",
+                "drops / saturation",
+            ],
+            firing_rows,
+        )
         + "\n\nThe measured |omega_t - omega_(t-1)| (degrees) per interval of one iteration, all iterations of all "
         "seeds (the AutoDrop rows count only the controller's defined measurements):\n\n"
-        + markdown_table(["Sigma", "run", "5th percentile", "median", "95th percentile", "fraction < 0.01 deg"],
-                         change_rows)
+        + markdown_table(
+            ["Sigma", "run", "5th percentile", "median", "95th percentile", "fraction < 0.01 deg"], change_rows
+        )
     )
     body = "\n\n".join(sections)
     return study.write_report("nqm.md", "Noisy quadratic model: Figure 1, Theorem 1, Figure 3", body)

@@ -104,8 +104,9 @@ def _make_optimizer(task: TaskSpec, method: Method, model, lr: float, total_step
         import schedulefree
 
         if task.optimizer == "sgd":
-            return schedulefree.SGDScheduleFree(params, lr=lr, momentum=0.9, weight_decay=task.weight_decay,
-                                                warmup_steps=warmup)
+            return schedulefree.SGDScheduleFree(
+                params, lr=lr, momentum=0.9, weight_decay=task.weight_decay, warmup_steps=warmup
+            )
         return schedulefree.AdamWScheduleFree(params, lr=lr, weight_decay=task.weight_decay, warmup_steps=warmup)
     if task.optimizer == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=task.weight_decay)
@@ -153,8 +154,15 @@ def run_one(task: TaskSpec, method: Method, seed: int, lr: float | None = None) 
             if hasattr(optimizer, "train"):
                 optimizer.train()
             model.train()
-            curve.append({"step": state.global_step, "epoch": state.epoch, "metric": value, "loss": loss,
-                          "lr": float(optimizer.param_groups[0]["lr"])})
+            curve.append(
+                {
+                    "step": state.global_step,
+                    "epoch": state.epoch,
+                    "metric": value,
+                    "loss": loss,
+                    "lr": float(optimizer.param_groups[0]["lr"]),
+                }
+            )
             eval_time[0] += time.perf_counter() - start
 
         def on_epoch_end(self, args, state, control, optimizer=None, model=None, **kwargs):
@@ -170,8 +178,9 @@ def run_one(task: TaskSpec, method: Method, seed: int, lr: float | None = None) 
     if method.kind == "autodrop":
         autodrop_cb = AutoDropCallback(AutoDropConfig(interval_steps=task.interval_steps, **method.autodrop))
     elif method.kind == "constant":
-        autodrop_cb = AutoDropCallback(AutoDropConfig(interval_steps=task.interval_steps, dry_run=True,
-                                                      **{**PAPER_AUTODROP, **method.autodrop}))
+        autodrop_cb = AutoDropCallback(
+            AutoDropConfig(interval_steps=task.interval_steps, dry_run=True, **{**PAPER_AUTODROP, **method.autodrop})
+        )
     if autodrop_cb is not None:
         callbacks.append(autodrop_cb)
     callbacks.append(TestCurve())
@@ -200,8 +209,14 @@ def run_one(task: TaskSpec, method: Method, seed: int, lr: float | None = None) 
             data_seed=seed,
             dataloader_num_workers=0,
         )
-        trainer = Trainer(model=model, args=args, train_dataset=train, eval_dataset=val if plateau else None,
-                          callbacks=callbacks, optimizers=(optimizer, scheduler))
+        trainer = Trainer(
+            model=model,
+            args=args,
+            train_dataset=train,
+            eval_dataset=val if plateau else None,
+            callbacks=callbacks,
+            optimizers=(optimizer, scheduler),
+        )
         trainer.remove_callback(PrinterCallback)  # the studies print their own progress
         start = time.perf_counter()
         trainer.train()
@@ -210,14 +225,35 @@ def run_one(task: TaskSpec, method: Method, seed: int, lr: float | None = None) 
 
     metrics = [c["metric"] for c in curve]
     best = int(np.argmin(metrics))
-    keep = ("interval", "step", "epoch", "angle", "angle_change", "threshold", "triggered", "dropped", "num_drops",
-            "lr_scale")
+    keep = (
+        "interval",
+        "step",
+        "epoch",
+        "angle",
+        "angle_change",
+        "threshold",
+        "triggered",
+        "dropped",
+        "num_drops",
+        "lr_scale",
+    )
     measurements = [{k: m[k] for k in keep} for m in autodrop_cb.measurements] if autodrop_cb else []
     return {
-        "task": task.name, "method": method.name, "kind": method.kind, "seed": seed, "lr": lr, "run_lr": run_lr,
-        "curve": curve, "final": metrics[-1], "best": metrics[best], "final_loss": curve[-1]["loss"],
+        "task": task.name,
+        "method": method.name,
+        "kind": method.kind,
+        "seed": seed,
+        "lr": lr,
+        "run_lr": run_lr,
+        "curve": curve,
+        "final": metrics[-1],
+        "best": metrics[best],
+        "final_loss": curve[-1]["loss"],
         "to_best": curve[best]["epoch"] if task.eval_steps is None else curve[best]["step"],
-        "val_passes": val_passes, "wall_s": wall, "autodrop": measurements, "dry_run": method.kind == "constant",
+        "val_passes": val_passes,
+        "wall_s": wall,
+        "autodrop": measurements,
+        "dry_run": method.kind == "constant",
         "derived": False,
     }
 
@@ -243,7 +279,9 @@ def _pool_map(jobs: list, workers: int, progress: Callable[[dict], None] | None)
             if progress:
                 progress(results[-1])
         return results
-    with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=get_context("spawn"), initializer=_init_worker) as pool:
+    with ProcessPoolExecutor(
+        min(workers, len(jobs)), mp_context=get_context("spawn"), initializer=_init_worker
+    ) as pool:
         futures = [pool.submit(_run_job, job) for job in jobs]
         results = []
         for fut in futures:
@@ -260,8 +298,11 @@ def _dry_fields(method: Method) -> dict:
     return fields
 
 
-def run_all(jobs: Sequence[tuple[TaskSpec, Method, int, float | None]], workers: int = 1,
-            progress: Callable[[dict], None] | None = None) -> list[dict]:
+def run_all(
+    jobs: Sequence[tuple[TaskSpec, Method, int, float | None]],
+    workers: int = 1,
+    progress: Callable[[dict], None] | None = None,
+) -> list[dict]:
     """Run every job (in `workers` processes with one torch thread each); results in job order.
 
     An AutoDrop job is not trained again when the constant-lr job of the same task, seed and lr ran a
@@ -303,8 +344,9 @@ def _key(job) -> tuple:
 
 
 # ---------------------------------------------------------------------------------- methods
-def standard_methods(tuned: dict | None = None, overrides: dict | None = None,
-                     schedulefree_lr_scale: float = 1.0) -> list[Method]:
+def standard_methods(
+    tuned: dict | None = None, overrides: dict | None = None, schedulefree_lr_scale: float = 1.0
+) -> list[Method]:
     """The comparison of issue 5: the usual schedules and AutoDrop with drop factors 0.1, 0.2, 0.5.
 
     `overrides` (the `--autodrop` command-line option) replace AutoDrop fields in every AutoDrop row
@@ -322,12 +364,18 @@ def standard_methods(tuned: dict | None = None, overrides: dict | None = None,
     ]
     origin = "paper defaults" + (" + --autodrop overrides" if overrides else "")
     for rho in (0.1, 0.2, 0.5):
-        methods.append(Method(f"AutoDrop rho={rho} ({origin})", "autodrop",
-                              autodrop={**PAPER_AUTODROP, "drop_factor": rho, **overrides}))
+        methods.append(
+            Method(
+                f"AutoDrop rho={rho} ({origin})",
+                "autodrop",
+                autodrop={**PAPER_AUTODROP, "drop_factor": rho, **overrides},
+            )
+        )
     if tuned:
         short = {"drop_factor": "rho", "threshold": "theta_0", "max_threshold": "theta_max", "drop_delay": "n_d"}
-        label = ", ".join(f"{short.get(k, k)}={v:g}" if isinstance(v, float) else f"{short.get(k, k)}={v}"
-                          for k, v in tuned.items())
+        label = ", ".join(
+            f"{short.get(k, k)}={v:g}" if isinstance(v, float) else f"{short.get(k, k)}={v}" for k, v in tuned.items()
+        )
         methods.append(Method(f"AutoDrop {label} (tuned here)", "autodrop", autodrop={**PAPER_AUTODROP, **tuned}))
     return methods
 
@@ -346,17 +394,29 @@ def comparison_table(task: TaskSpec, results: list[dict], digits: int = 2) -> st
     for (name, _lr), runs in _group(results).items():
         drops = [sum(m["dropped"] for m in r["autodrop"]) for r in runs]
         is_autodrop = runs[0]["kind"] == "autodrop"
-        rows.append([
-            name, mean_std([r["final"] for r in runs], digits), mean_std([r["best"] for r in runs], digits),
-            *([mean_std([r["final_loss"] for r in runs], 3)] if "loss" not in task.metric else []),
-            mean_std([r["to_best"] for r in runs], 1), mean_std([r["val_passes"] for r in runs], 0),
-            f"{np.mean([r['wall_s'] for r in runs]):.1f}",
-            mean_std(drops, 1) if is_autodrop else "",
-        ])
+        rows.append(
+            [
+                name,
+                mean_std([r["final"] for r in runs], digits),
+                mean_std([r["best"] for r in runs], digits),
+                *([mean_std([r["final_loss"] for r in runs], 3)] if "loss" not in task.metric else []),
+                mean_std([r["to_best"] for r in runs], 1),
+                mean_std([r["val_passes"] for r in runs], 0),
+                f"{np.mean([r['wall_s'] for r in runs]):.1f}",
+                mean_std(drops, 1) if is_autodrop else "",
+            ]
+        )
     return markdown_table(
-        ["method", f"final {task.metric}", f"best {task.metric}",
-         *(["final test loss (nats)"] if "loss" not in task.metric else []), f"{unit}s to best", "validation passes",
-         "wall time per run (s)", "drops"],
+        [
+            "method",
+            f"final {task.metric}",
+            f"best {task.metric}",
+            *(["final test loss (nats)"] if "loss" not in task.metric else []),
+            f"{unit}s to best",
+            "validation passes",
+            "wall time per run (s)",
+            "drops",
+        ],
         rows,
     )
 
@@ -379,16 +439,28 @@ def firing_table(task: TaskSpec, results: list[dict]) -> str:
         changes = changes[np.isfinite(changes)]
         angles = np.array([m["angle"] for r in runs for m in r["autodrop"]], dtype=float)
         label = name + (" (dry run of the AutoDrop rows' settings)" if runs[0]["dry_run"] else "")
-        rows.append([
-            label, f"{fired}/{len(runs)}",
-            mean_std(first_trigger, 1) if fired else "never",
-            mean_std(first_drop, 1) if any(np.isfinite(first_drop)) else "never",
-            *(f"{q:.3g}" for q in (np.percentile(changes, [0, 5, 50, 95]) if changes.size else [math.nan] * 4)),
-            f"{np.nanmin(angles):.1f}-{np.nanmax(angles):.1f}" if np.isfinite(angles).any() else "n/a",
-        ])
+        rows.append(
+            [
+                label,
+                f"{fired}/{len(runs)}",
+                mean_std(first_trigger, 1) if fired else "never",
+                mean_std(first_drop, 1) if any(np.isfinite(first_drop)) else "never",
+                *(f"{q:.3g}" for q in (np.percentile(changes, [0, 5, 50, 95]) if changes.size else [math.nan] * 4)),
+                f"{np.nanmin(angles):.1f}-{np.nanmax(angles):.1f}" if np.isfinite(angles).any() else "n/a",
+            ]
+        )
     return markdown_table(
-        ["AutoDrop run", "runs that triggered", f"first trigger ({unit})", f"first drop ({unit})",
-         "min abs(dw)", "5% abs(dw)", "median abs(dw)", "95% abs(dw)", "angle range (deg)"],
+        [
+            "AutoDrop run",
+            "runs that triggered",
+            f"first trigger ({unit})",
+            f"first drop ({unit})",
+            "min abs(dw)",
+            "5% abs(dw)",
+            "median abs(dw)",
+            "95% abs(dw)",
+            "angle range (deg)",
+        ],
         rows,
     )
 
@@ -417,7 +489,9 @@ def sweep_table(task: TaskSpec, results: list[dict], digits: int = 2) -> str:
     methods = list(dict.fromkeys(r["method"] for r in results))
     lrs = sorted({r["lr"] for r in results}, reverse=True)
     groups = _group(results)
-    rows = [[fmt(lr)] + [mean_std([r["final"] for r in groups.get((m, lr), [])], digits) for m in methods] for lr in lrs]
+    rows = [
+        [fmt(lr)] + [mean_std([r["final"] for r in groups.get((m, lr), [])], digits) for m in methods] for lr in lrs
+    ]
     return markdown_table(["initial lr"] + methods, rows)
 
 
@@ -435,21 +509,33 @@ def plot_curves(study: Study, task: TaskSpec, results: list[dict], name: str, se
         ax_loss.semilogy(x, [c["loss"] for c in r["curve"]], lw=1, label=r["method"])
         ms = [m for m in r["autodrop"] if m["angle"] is not None and math.isfinite(m["angle"])]
         if ms:
-            ax_angle.plot([m[task.unit] for m in ms], [m["angle"] for m in ms], lw=1,
-                          label=r["method"] + (" (dry run)" if r["dry_run"] else ""))
+            ax_angle.plot(
+                [m[task.unit] for m in ms],
+                [m["angle"] for m in ms],
+                lw=1,
+                label=r["method"] + (" (dry run)" if r["dry_run"] else ""),
+            )
             for m in r["autodrop"]:
                 if m["dropped"] and not r["dry_run"]:
                     ax_angle.axvline(m[task.unit], color="r", lw=0.5, alpha=0.6)
     values = [c["metric"] for r in runs for c in r["curve"]]
-    ax_metric.set(title=f"{task.name}: {task.metric}, seed {seed}", xlabel=task.unit,
-                  ylim=(min(values) * 0.95, np.percentile(values, 80)))
+    ax_metric.set(
+        title=f"{task.name}: {task.metric}, seed {seed}",
+        xlabel=task.unit,
+        ylim=(min(values) * 0.95, np.percentile(values, 80)),
+    )
     ax_lr.set(title="learning rate (param group 0)", xlabel=task.unit)
     ax_angle.set(title="AutoDrop's omega_t, degrees (red: drops)", xlabel=task.unit)
     ax_loss.set(title="test loss (nats)", xlabel=task.unit)
     ax_lr.legend(fontsize=7, loc="lower left")
     ax_angle.legend(fontsize=7)
-    fig.text(0.5, 0.005, "AutoDrop rows that never dropped are the constant-lr curve and are not drawn again.",
-             ha="center", fontsize=8)
+    fig.text(
+        0.5,
+        0.005,
+        "AutoDrop rows that never dropped are the constant-lr curve and are not drawn again.",
+        ha="center",
+        fontsize=8,
+    )
     return study.save_figure(fig, name)
 
 
@@ -466,7 +552,6 @@ def plot_to_best(study: Study, task: TaskSpec, results: list[dict], name: str) -
     ax.invert_yaxis()
     ax.set(xlabel=f"{task.unit}s to the best {task.metric} (mean ± std over seeds)", title=task.name)
     return study.save_figure(fig, name)
-
 
 
 def save_runs(path: str, results: list[dict], provenance: dict) -> None:
@@ -508,8 +593,12 @@ def paired_table(task: TaskSpec, results: list[dict], digits: int = 2) -> str:
     """
     groups = {name: {r["seed"]: r for r in runs} for (name, lr), runs in _group(results).items() if lr == task.lr}
     # AutoDrop rows that never dropped are the constant-lr row; show one of them (rho=0.2) and every row that dropped.
-    autodrop = [n for n, runs in groups.items() if next(iter(runs.values()))["kind"] == "autodrop"
-                and ("rho=0.2 (" in n or any(m["dropped"] for r in runs.values() for m in r["autodrop"]))]
+    autodrop = [
+        n
+        for n, runs in groups.items()
+        if next(iter(runs.values()))["kind"] == "autodrop"
+        and ("rho=0.2 (" in n or any(m["dropped"] for r in runs.values() for m in r["autodrop"]))
+    ]
     ad_all = [n for n, runs in groups.items() if next(iter(runs.values()))["kind"] == "autodrop"]
     others = [n for n in groups if n not in ad_all]
     rows = []
@@ -519,14 +608,36 @@ def paired_table(task: TaskSpec, results: list[dict], digits: int = 2) -> str:
             d = np.array([groups[a][s]["final"] - groups[o][s]["final"] for s in seeds])
             se = d.std(ddof=1) / math.sqrt(len(d)) if len(d) > 1 else math.inf
             verdict = "wins" if d.mean() < -2 * se else "loses" if d.mean() > 2 * se else "ties"
-            rows.append([a, o, f"{d.mean():+.{digits}f} ± {se:.{digits}f}",
-                         f"{(d < 0).sum()}/{(d == 0).sum()}/{(d > 0).sum()}", verdict])
-    return markdown_table(["AutoDrop row", "against", f"mean final {task.metric} difference ± s.e.",
-                           "seeds better/equal/worse", "verdict"], rows)
+            rows.append(
+                [
+                    a,
+                    o,
+                    f"{d.mean():+.{digits}f} ± {se:.{digits}f}",
+                    f"{(d < 0).sum()}/{(d == 0).sum()}/{(d > 0).sum()}",
+                    verdict,
+                ]
+            )
+    return markdown_table(
+        [
+            "AutoDrop row",
+            "against",
+            f"mean final {task.metric} difference ± s.e.",
+            "seeds better/equal/worse",
+            "verdict",
+        ],
+        rows,
+    )
 
 
-def main_for(study: Study, task: TaskSpec, sweep_lrs: Sequence[float] = (), tuned: dict | None = None,
-             setup: str = "", digits: int = 2, schedulefree_lr_scale: float = 1.0) -> str:
+def main_for(
+    study: Study,
+    task: TaskSpec,
+    sweep_lrs: Sequence[float] = (),
+    tuned: dict | None = None,
+    setup: str = "",
+    digits: int = 2,
+    schedulefree_lr_scale: float = 1.0,
+) -> str:
     """Run one real-data study (the comparison, the lr sweep, the firing report) and write its report."""
     import sys
 
@@ -537,14 +648,20 @@ def main_for(study: Study, task: TaskSpec, sweep_lrs: Sequence[float] = (), tune
     methods = standard_methods(tuned=tuned, overrides=study.overrides, schedulefree_lr_scale=schedulefree_lr_scale)
     jobs = [(task, m, s, task.lr) for m in methods for s in seeds]
     by_name = {m.name: m for m in methods}
-    sweep_methods = [by_name[n] for n in by_name if n.startswith(("constant", "multistep", "cosine", "schedule-free"))
-                     or "rho=0.2" in n or "tuned" in n]
+    sweep_methods = [
+        by_name[n]
+        for n in by_name
+        if n.startswith(("constant", "multistep", "cosine", "schedule-free")) or "rho=0.2" in n or "tuned" in n
+    ]
     jobs += [(task, m, s, lr) for lr in sweep_lrs if lr != task.lr for m in sweep_methods for s in seeds]
 
     def progress(r: dict) -> None:
         tag = " (derived from the dry run)" if r.get("derived") else f" {r['wall_s']:.0f}s"
-        print(f"[{task.name}] {r['method']} lr={r['lr']} seed={r['seed']}: final {r['final']:.3f}{tag}",
-              file=sys.stderr, flush=True)
+        print(
+            f"[{task.name}] {r['method']} lr={r['lr']} seed={r['seed']}: final {r['final']:.3f}{tag}",
+            file=sys.stderr,
+            flush=True,
+        )
 
     runs_path = study.path(f"{task.name}_runs.json.gz")
     if study.report_only:
@@ -567,28 +684,42 @@ def main_for(study: Study, task: TaskSpec, sweep_lrs: Sequence[float] = (), tune
         "passes the method itself needs to set its lr (only `reduce_lr_on_plateau`, on the validation split). "
         "Wall time is the training time per run without the test measurements; other jobs shared the machine's "
         "2 cores and the load changed during the study, so wall times carry tens of percent of noise."
-        + (f" {derived} AutoDrop run(s) were not trained again: the constant-lr run of the same seed carries "
-           "AutoDrop in dry-run mode with the same settings, and it never reached a drop, so the real AutoDrop run "
-           "is that run bit for bit (AutoDrop changes nothing before its first drop, and the first trigger does "
-           "not depend on the drop factor; a test checks this identity)." if derived else ""),
-        f"## Comparison at lr {task.lr}\n\n" + comparison_table(task, main, digits)
-        + f"\n\n![curves]({curves})\n\n"
+        + (
+            f" {derived} AutoDrop run(s) were not trained again: the constant-lr run of the same seed carries "
+            "AutoDrop in dry-run mode with the same settings, and it never reached a drop, so the real AutoDrop run "
+            "is that run bit for bit (AutoDrop changes nothing before its first drop, and the first trigger does "
+            "not depend on the drop factor; a test checks this identity)."
+            if derived
+            else ""
+        ),
+        f"## Comparison at lr {task.lr}\n\n" + comparison_table(task, main, digits) + f"\n\n![curves]({curves})\n\n"
         "### AutoDrop against each method, seed by seed\n\n" + paired_table(task, main, digits),
         f"## Figure 7 analogue: {task.unit}s to the best {task.metric}\n\n![to best]({to_best})",
     ]
     if sweep_lrs:
-        sections.append(f"## Table 2 analogue: initial learning rate sweep\n\nFinal {task.metric}, mean ± std over "
-                        f"{len(seeds)} seeds.\n\n" + sweep_table(task, [r for r in results if r["kind"] != "plateau"
-                                                                        and any(r["method"] == m.name for m in sweep_methods)], digits))
+        sections.append(
+            f"## Table 2 analogue: initial learning rate sweep\n\nFinal {task.metric}, mean ± std over "
+            f"{len(seeds)} seeds.\n\n"
+            + sweep_table(
+                task,
+                [r for r in results if r["kind"] != "plateau" and any(r["method"] == m.name for m in sweep_methods)],
+                digits,
+            )
+        )
     sections.append(
         "## Does AutoDrop with the paper's defaults fire? (issue 5 item 5)\n\n"
         f"theta_0 = 0.01 deg, theta_max = 1 deg, n_d = 20, one interval per "
         f"{'epoch' if task.interval_steps is None else f'{task.interval_steps} optimizer steps'}; dw = omega_t - "
         "omega_(t-1) in degrees, over every interval of every seed at the main lr. The constant-lr row is the "
-        "dry run (measured, nothing changed).\n\n" + firing_table(task, main)
+        "dry run (measured, nothing changed).\n\n"
+        + firing_table(task, main)
         + f"\n\nOn the constant-lr dry runs the median abs(dw) is {trend['first_change']:.3g} deg in the first third "
         f"of the run and {trend['last_change']:.3g} deg in the last third; the mean angle goes from "
         f"{trend['first_angle']:.1f} to {trend['last_angle']:.1f} deg."
     )
-    return study.write_report(f"{task.name}.md", f"{task.name}: AutoDrop against the usual schedules",
-                              "\n\n".join(sections), provenance=provenance if study.report_only else None)
+    return study.write_report(
+        f"{task.name}.md",
+        f"{task.name}: AutoDrop against the usual schedules",
+        "\n\n".join(sections),
+        provenance=provenance if study.report_only else None,
+    )
