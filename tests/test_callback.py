@@ -20,6 +20,7 @@ KEYS = {
     "autodrop/lr_scale",
     "autodrop/phase",
     "autodrop/num_drops",
+    "autodrop/statistic",
 }
 STEPS_PER_EPOCH = 8  # 256 examples / batch 32
 
