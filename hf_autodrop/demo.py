@@ -95,7 +95,7 @@ def load_digits_splits(seed: int = 0):
 
 def train_digits(cfg: dict, output_dir: str, dry_run: bool = False) -> dict:
     """One Trainer run of the demo; `dry_run=True` measures everything but keeps the lr constant."""
-    from transformers import Trainer, TrainingArguments
+    from transformers import PrinterCallback, Trainer, TrainingArguments
 
     from hf_autodrop import AutoDropCallback
 
@@ -139,6 +139,7 @@ def train_digits(cfg: dict, output_dir: str, dry_run: bool = False) -> dict:
         compute_metrics=error_rate,
         callbacks=[autodrop],
     )
+    trainer.remove_callback(PrinterCallback)  # the demo prints its own summary, not every epoch's logs
     start = time.perf_counter()
     trainer.train()
     wall = time.perf_counter() - start
