@@ -217,7 +217,7 @@ def _lr_entries(trainer):
 
 class TestResume:
     EPOCHS = 10
-    CONFIG = dict(drop_delay=2, drop_factor=0.5, threshold=60.0, max_threshold=120.0)
+    CONFIG = dict(detector="paper", drop_delay=2, drop_factor=0.5, threshold=60.0, max_threshold=120.0)
 
     @pytest.fixture(scope="class")
     def straight(self, tmp_path_factory):
@@ -446,7 +446,7 @@ class TestOddRuns:
         assert autodrop_entries(trainer)[-1]["autodrop/num_drops"] == 1
 
     def test_short_run_measures_more_often_than_per_epoch(self, tmp_path, autodrop_logs):
-        # 5 epochs of 8 steps, paper defaults: a drop needs 3 + 20 intervals; 40 // 69 -> every step.
+        # 5 epochs of 8 steps, the defaults: a drop needs 11 + 20 intervals; 40 // 93 -> every step.
         trainer = make_trainer(tmp_path, [AutoDropCallback()], num_train_epochs=5)
         trainer.train()
         assert "measuring every 1 optimizer steps instead (40 intervals)" in autodrop_logs.text
