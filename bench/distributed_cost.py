@@ -83,7 +83,9 @@ def measure(args, device: torch.device) -> dict:
     step_time = timed(train_step, device, args.repeat)
     out = {"train_step_s": step_time}
     for offload in (False, True):
-        autodrop = AutoDrop(model, optimizer, offload_to_cpu=offload, threshold=1e-9, max_threshold=1e-9)
+        autodrop = AutoDrop(
+            model, optimizer, offload_to_cpu=offload, detector="paper", threshold=1e-9, max_threshold=1e-9
+        )
         train_step()
         shards = autodrop._shards
         sent, reductions = shards.bytes_sent, shards.reductions

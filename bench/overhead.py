@@ -41,8 +41,12 @@ def measure(n_params: int, repeats: int) -> dict:
     model = _model(n_params)
     params = list(model.parameters())
     opt = torch.optim.SGD(params, lr=0.1)
-    monitor = AutoDrop(model, opt, threshold=1e-9, max_threshold=1e-9, drop_delay=10**6)  # random walk: no trigger
-    averaging = AutoDrop(model, opt, threshold=180.0, max_threshold=180.0, drop_delay=10**6)  # triggers at 3
+    monitor = AutoDrop(
+        model, opt, detector="paper", threshold=1e-9, max_threshold=1e-9, drop_delay=10**6
+    )  # random walk: no trigger
+    averaging = AutoDrop(
+        model, opt, detector="paper", threshold=180.0, max_threshold=180.0, drop_delay=10**6
+    )  # triggers at 3
 
     def nudge():  # a random displacement, like a training interval
         with torch.no_grad():

@@ -88,7 +88,7 @@ def main() -> None:
         dataloader_num_workers=0,
         **extra,
     )
-    autodrop = AutoDropCallback(threshold=0.05, drop_delay=2, offload_to_cpu=args.offload_to_cpu)
+    autodrop = AutoDropCallback(detector="paper", threshold=0.05, drop_delay=2, offload_to_cpu=args.offload_to_cpu)
     device_sync = (lambda: None) if args.cpu or not torch.cuda.is_available() else torch.cuda.synchronize
     timings: list[dict] = []
     measure = autodrop._measure

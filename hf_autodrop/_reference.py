@@ -23,8 +23,9 @@ def reference_angle(a: torch.Tensor, b: torch.Tensor) -> float:
     return math.degrees(math.acos(min(1.0, max(-1.0, cos))))
 
 
-def reference_trend_t(angles: list[float]) -> float:
-    """abs(slope)/SE(slope) of a straight-line least-squares fit, through torch.linalg.lstsq."""
+def reference_trend_drift(angles: list[float]) -> float:
+    """(abs(slope) + SE(slope)) * n / s of a straight-line least-squares fit through torch.linalg.lstsq,
+    s the residual standard deviation."""
     if any(math.isnan(a) for a in angles):
         return math.nan
     y = torch.tensor(angles, dtype=torch.float64)
@@ -32,12 +33,12 @@ def reference_trend_t(angles: list[float]) -> float:
     design = torch.stack([torch.ones_like(x), x], dim=1)
     coef = torch.linalg.lstsq(design, y.unsqueeze(1)).solution.squeeze(1)
     residual = y - design @ coef
-    sigma_sq = (residual @ residual).item() / (len(angles) - 2)
-    se = math.sqrt(sigma_sq / ((x - x.mean()) ** 2).sum().item())
+    s = math.sqrt((residual @ residual).item() / (len(angles) - 2))
     slope = coef[1].item()
-    if se == 0.0:
+    if s == 0.0:
         return 0.0 if slope == 0.0 else math.inf
-    return abs(slope) / se
+    se = s / math.sqrt(((x - x.mean()) ** 2).sum().item())
+    return (abs(slope) + se) * len(angles) / s
 
 
 class ReferenceAutoDrop:
@@ -68,8 +69,11 @@ class ReferenceAutoDrop:
             statistic = abs(omegas[-1] - omegas[-2]) if len(omegas) >= 2 else math.nan
             tolerance = self.threshold
         else:
-            window = omegas[-cfg.trend_window :]
-            statistic = reference_trend_t(window) if len(window) == cfg.trend_window else math.nan
+            # The latter half of the angles since the reset (omegas[0] is the first interval's NaN), at least
+            # trend_window of them.
+            measured = omegas[1:]
+            n = max(cfg.trend_window, math.ceil(len(measured) / 2))
+            statistic = reference_trend_drift(measured[-n:]) if len(measured) >= cfg.trend_window else math.nan
             tolerance = cfg.trend_z * self.threshold / cfg.threshold
         triggered = dropped = exhausted = False
 

@@ -60,8 +60,11 @@ class AutoDropCallback(TrainerCallback, ExportableState):
     Args:
         config (`AutoDropConfig` or `dict`, *optional*):
             The configuration; keyword arguments (the `AutoDropConfig` fields: `drop_factor`,
-            `min_lr`, `threshold`, `max_threshold`, `drop_delay`, `interval_steps`,
-            `average_buffers`, `dry_run`, `stop_when_exhausted`, `offload_to_cpu`) override single fields.
+            `min_lr`, `threshold`, `max_threshold`, `detector`, `trend_window`, `trend_z`, `drop_delay`,
+            `interval_steps`, `average_buffers`, `dry_run`, `stop_when_exhausted`, `offload_to_cpu`)
+            override single fields. With `interval_steps=None` a run of fewer epochs than a drop needs
+            (`config.min_intervals_per_drop`, 31 by default) is measured every
+            `config.auto_interval_steps(max_steps)` optimizer steps instead of per epoch, and says so.
 
     Attributes:
         autodrop (`AutoDrop`): the controller, built when training begins.
@@ -205,8 +208,8 @@ class AutoDropCallback(TrainerCallback, ExportableState):
 
         With `interval_steps=None` the callback measures once per epoch when the run has epochs
         enough for a drop; otherwise (few epochs, or a step-based run shorter than a few epochs) it
-        measures every `max_steps // (3 * min_intervals_per_drop)` steps, which leaves room for about
-        three drops, and says so. The choice depends only on the planned run, so a resumed run makes
+        measures every `config.auto_interval_steps(max_steps)` steps, which leaves room for about three
+        drops, and says so. The choice depends only on the planned run, so a resumed run makes
         the same one.
         """
         cfg = self.config
@@ -223,14 +226,14 @@ class AutoDropCallback(TrainerCallback, ExportableState):
                     planned,
                     every,
                     needed,
-                    max(1, state.max_steps // (3 * needed)),
+                    cfg.auto_interval_steps(state.max_steps),
                     state.max_steps,
                 )
             return every
         epochs = math.ceil(state.num_train_epochs)
         if epochs >= needed:
             return None
-        every = max(1, state.max_steps // (3 * needed))
+        every = cfg.auto_interval_steps(state.max_steps)
         if report:
             level = logging.INFO if state.max_steps // every >= needed else logging.WARNING
             logger.log(

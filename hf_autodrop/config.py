@@ -26,26 +26,36 @@ class AutoDropConfig:
             Floor for every param group's learning rate. `None` means 1e-3 x that group's initial
             learning rate, so that groups with different learning rates keep their ratio.
         threshold (`float`, defaults to 0.01):
-            theta_0, in degrees: a drop is triggered when the angular velocity changes by less than
-            this between two consecutive intervals.
+            theta_0, in degrees: the paper's test triggers a drop when the angular velocity changes by less
+            than this between two consecutive intervals. The trend test uses only the ratio of the
+            current threshold to it (its tolerance grows with the threshold).
         max_threshold (`float`, defaults to 1.0):
             theta_max, in degrees: the threshold grows by `1 / drop_factor` at every drop up to this cap.
-        detector (`str`, defaults to `"paper"`):
-            The saturation test (see `hf_autodrop.detectors`). `"paper"`: abs(omega_t - omega_(t-1)) <
-            threshold degrees. `"trend"`: the least-squares slope of the last `trend_window` angles is
-            smaller than `trend_z` standard errors of itself (noise-adaptive, no degrees to tune);
-            `trend_z` grows with the threshold's ratio `threshold_now / threshold` (capped by
-            `max_threshold / threshold`).
+        detector (`str`, defaults to `"trend"`):
+            The saturation test (see `hf_autodrop.detectors`). `"trend"` (noise-adaptive, nothing in
+            degrees to tune): fit a line to the angles of the latter half of the intervals since the
+            start or the last drop (at least `trend_window` of them); omega has saturated when the drift
+            over that window that the fit allows (slope plus one standard error) is below `trend_z`
+            times the angles' scatter around the line. The tolerance grows with the threshold's ratio
+            `threshold_now / threshold` (capped by `max_threshold / threshold`), like the paper's
+            threshold. `"paper"`: the paper's test, abs(omega_t - omega_(t-1)) < threshold degrees
+            (docs/results/saturation.md shows why it rarely fires outside long per-epoch runs).
         trend_window (`int`, defaults to 10):
-            Angles in the `"trend"` test's window (>= 3); its first check comes `trend_window + 1`
-            intervals after the start or a drop.
+            The fewest angles the `"trend"` test fits (>= 3); its first check comes `trend_window + 1`
+            intervals after the start or a drop. Before the first drop it needs about 13 angles to
+            pass at all (positive evidence of flatness), so in practice 26 or more intervals.
         trend_z (`float`, defaults to 1.0):
-            The `"trend"` test's initial tolerance, in standard errors of the slope (> 0).
+            The `"trend"` test's initial tolerance (> 0): the drift of omega over the window allowed,
+            in units of omega's scatter around its trend line.
         drop_delay (`int`, defaults to 20):
             n_d: intervals between the trigger and the drop, during which parameters are averaged.
+            A drop needs `min_intervals_per_drop` intervals (the first check + n_d, 31 by default); the
+            Trainer callback's automatic interval leaves room for three times that in any run.
         interval_steps (`int` or `None`, defaults to `None`):
-            `None` measures once per epoch; `N` every `N` optimizer updates. Used by the Trainer
-            callback; custom loops decide themselves when to call `AutoDrop.step()`.
+            `None` measures once per epoch, or, when the run has fewer epochs than
+            `min_intervals_per_drop`, every `auto_interval_steps(max_steps)` optimizer updates (logged);
+            `N` every `N` optimizer updates. Used by the Trainer callback; custom loops decide themselves
+            when to call `AutoDrop.step()` (`auto_interval_steps` serves them too).
         average_buffers (`bool`, defaults to `True`):
             Average floating-point buffers (BatchNorm running statistics) with the same weights as
             the parameters.
@@ -62,14 +72,14 @@ class AutoDropConfig:
 
     Example:
         >>> AutoDropConfig(drop_factor=0.2, drop_delay=5)
-        AutoDropConfig(drop_factor=0.2, min_lr=None, threshold=0.01, max_threshold=1.0, detector='paper', trend_window=10, trend_z=1.0, drop_delay=5, interval_steps=None, average_buffers=True, dry_run=False, stop_when_exhausted=False, offload_to_cpu=False)
+        AutoDropConfig(drop_factor=0.2, min_lr=None, threshold=0.01, max_threshold=1.0, detector='trend', trend_window=10, trend_z=1.0, drop_delay=5, interval_steps=None, average_buffers=True, dry_run=False, stop_when_exhausted=False, offload_to_cpu=False)
     """
 
     drop_factor: float = 0.1
     min_lr: float | None = None
     threshold: float = 0.01
     max_threshold: float = 1.0
-    detector: str = "paper"
+    detector: str = "trend"
     trend_window: int = 10
     trend_z: float = 1.0
     drop_delay: int = 20
@@ -118,6 +128,19 @@ class AutoDropConfig:
         """Intervals from the start (or a drop) to the earliest possible drop: the first check + drop_delay."""
         first_check = 3 if self.detector == "paper" else self.trend_window + 1
         return first_check + self.drop_delay
+
+    def auto_interval_steps(self, max_steps: int) -> int:
+        """Optimizer steps per interval for a run of `max_steps` steps too short for one interval per epoch.
+
+        `max_steps // (3 * min_intervals_per_drop)` (at least 1): room for about three drops. The Trainer
+        callback uses it when `interval_steps` is None and the run has fewer epochs than
+        `min_intervals_per_drop`; a custom loop that knows its length can use it the same way.
+
+        Example:
+            >>> AutoDropConfig(detector="trend").auto_interval_steps(1200)
+            12
+        """
+        return max(1, int(max_steps) // (3 * self.min_intervals_per_drop))
 
     def replace(self, **changes: object) -> AutoDropConfig:
         """A copy with some fields changed (validated again); unknown names raise `TypeError`."""

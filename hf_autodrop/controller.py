@@ -12,7 +12,7 @@ import torch
 from .angles import angle_from_sums
 from .averaging import FlatCopy, OffloadedFlatCopy
 from .config import AutoDropConfig
-from .detectors import change_statistic, trend_statistic
+from .detectors import change_statistic, trend_statistic, trend_window_size
 from .distributed import local_shards
 from .lr import LRGroups
 
@@ -34,10 +34,11 @@ class Measurement:
             fewer than two displacements since the last reset, a zero displacement, or NaN/Inf).
         angle_change: abs(omega_t - omega_(t-1)) (NaN when either is undefined).
         statistic: the saturation test's statistic at this interval: `angle_change` for the paper's
-            test, abs(slope)/SE(slope) over the window for `"trend"` (NaN while undefined). A trigger
+            test; for `"trend"`, the drift of omega over its window that the fitted slope allows (one
+            standard error included), in units of omega's scatter (NaN while undefined). A trigger
             needs it below `threshold` (as it stood before this interval).
-        threshold: the test's tolerance in effect from now on: degrees for `"paper"`, standard errors
-            of the slope for `"trend"`.
+        threshold: the test's tolerance in effect from now on: degrees for `"paper"`, units of omega's
+            scatter for `"trend"`.
         phase: "monitor" or "averaging".
         lr_scale: param group 0's product of the drop factors applied so far (its lr over its
             initial lr under a constant base schedule).
@@ -101,9 +102,11 @@ class AutoDrop:
     """Drops the learning rate when the angular velocity of the parameters saturates.
 
     Call `step()` at the end of every interval (an epoch, or a fixed number of optimizer updates).
-    It measures the angle between the last two parameter displacements, and when its change falls
-    below the threshold it averages the next `drop_delay` snapshots, writes the average into the
-    parameters and multiplies every param group's learning rate by `drop_factor`.
+    It measures the angle between the last two parameter displacements, and when the saturation test
+    says the angle has stopped changing (`config.detector`: by default a trend fit over the latter half
+    of the intervals since the last drop; or the paper's threshold on its change) it averages the next
+    `drop_delay` snapshots, writes the average into the parameters and multiplies every param group's
+    learning rate by `drop_factor`.
 
     Args:
         model_or_params: an `nn.Module` (its trainable parameters and floating buffers) or an
@@ -120,7 +123,7 @@ class AutoDrop:
         >>> import torch
         >>> model = torch.nn.Linear(4, 2)
         >>> opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-        >>> autodrop = AutoDrop(model, opt, drop_delay=2, threshold=1.0)
+        >>> autodrop = AutoDrop(model, opt, drop_delay=2)
         >>> for epoch in range(3):
         ...     for _ in range(10):
         ...         opt.zero_grad()
@@ -220,7 +223,8 @@ class AutoDrop:
             dropped = True
             exhausted = self._drop(angle)
         else:
-            keep = 1 if cfg.detector == "paper" else cfg.trend_window - 1
+            # The paper's test needs the last angle; the trend test the latter half of those since the reset.
+            keep = 1 if cfg.detector == "paper" else max(cfg.trend_window, (self._t + 1) // 2)
             self._recent = (self._recent + [angle])[-keep:]
 
         return Measurement(
@@ -243,8 +247,9 @@ class AutoDrop:
         """The detector's statistic at this interval (NaN while it has too few angles)."""
         if self.config.detector == "paper":
             return change
-        window = (self._recent + [angle])[-self.config.trend_window :]
-        return trend_statistic(window) if len(window) == self.config.trend_window else math.nan
+        # Angles exist from the second interval after the reset: t - 1 of them.
+        n = trend_window_size(self._t - 1, self.config.trend_window)
+        return trend_statistic((self._recent + [angle])[-n:]) if n else math.nan
 
     def _tolerance(self) -> float:
         """What the statistic must stay below to trigger: the threshold, or z grown like the threshold."""

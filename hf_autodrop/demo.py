@@ -10,7 +10,8 @@ Why these settings: on a task this small the angle between epoch displacements c
 0.1-20 degrees from one epoch to the next (measured), so the paper's threshold of 0.01 degrees never
 fires. The demo therefore starts at the paper's *largest* threshold (1 degree, growing to 5 after
 drops) and shortens the averaging window to 5 epochs for a 60-epoch run. Everything else is the
-paper's algorithm. docs/results explains when the paper's defaults fire and when they do not.
+paper's algorithm, its test included (`--detector trend` runs the library's default, noise-adaptive
+test instead). docs/results explains when the paper's defaults fire and when they do not.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ DEFAULTS = dict(
     batch_size=64,
     seed=0,
     drop_factor=0.1,
+    detector="paper",
     threshold=1.0,
     max_threshold=5.0,
     drop_delay=5,
@@ -121,6 +123,7 @@ def train_digits(cfg: dict, output_dir: str, dry_run: bool = False) -> dict:
     )
     autodrop = AutoDropCallback(
         drop_factor=cfg["drop_factor"],
+        detector=cfg["detector"],
         threshold=cfg["threshold"],
         max_threshold=cfg["max_threshold"],
         drop_delay=cfg["drop_delay"],

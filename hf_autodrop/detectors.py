@@ -5,11 +5,17 @@ compares one noisy difference with a fixed number of degrees, so it fires at ran
 noisy compared with the threshold and never when omega is noisier than that (small data, short
 intervals, AdamW).
 
-`trend`: fit a least-squares line to the last `trend_window` angles and compare its slope with the
-slope's own standard error: omega has stopped changing when abs(slope) < z * SE(slope), i.e. when
-the window shows no trend that its own scatter could not produce. The statistic abs(slope)/SE(slope)
-is a t-statistic: it does not change when omega's noise (or omega itself) is scaled, so the test
-needs no per-task threshold; z grows after each drop like the paper's threshold.
+`trend`: fit a least-squares line to the angles of the latter half of the intervals since the start
+(or the last drop), at least `trend_window` of them, and bound how far omega can have drifted over
+that window: `(abs(slope) + SE(slope)) * n`, the drift of the fitted line plus one standard error of
+it, for `n` angles. Omega has stopped changing when that bound is below `z` times the scatter of the
+angles around the line (their residual standard deviation). The statistic is a ratio of two
+quantities in degrees, so it does not change when omega's noise (or omega itself) is scaled, and it
+needs positive evidence: a window too short to pin the slope down (fewer than about 13 angles for
+z = 1) cannot pass, however flat it looks, and a window that still shows a drift of the size of
+the noise cannot pass, however noisy. The window grows with the time spent at the current learning
+rate, so the test asks the same question early and late in a run: has omega been flat over the
+second half of the time since the last drop? z grows after each drop like the paper's threshold.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-__all__ = ["DETECTORS", "change_statistic", "trend_statistic"]
+__all__ = ["DETECTORS", "change_statistic", "trend_statistic", "trend_window_size"]
 
 DETECTORS = ("paper", "trend")
 
@@ -27,17 +33,41 @@ def change_statistic(previous: float, angle: float) -> float:
     return abs(angle - previous)
 
 
-def trend_statistic(angles: Sequence[float]) -> float:
-    """abs(slope) / SE(slope) of the least-squares line through equally spaced `angles`.
+def trend_window_size(num_angles: int, min_window: int) -> int:
+    """How many of the latest angles the trend test fits: the latter half of `num_angles` (the angles
+    measured since the start or the last drop), at least `min_window`; 0 while there are fewer than
+    `min_window`.
 
-    NaN when any angle is undefined or there are fewer than 3 of them. 0 for an exactly flat
-    series, inf for an exactly straight, sloped one.
+    Example:
+        >>> [trend_window_size(m, 10) for m in (9, 10, 19, 20, 21, 40)]
+        [0, 10, 10, 10, 11, 20]
+    """
+    if num_angles < min_window:
+        return 0
+    return max(min_window, (num_angles + 1) // 2)
+
+
+def trend_statistic(angles: Sequence[float]) -> float:
+    """How far omega can have drifted over `angles`, in units of its scatter around the trend line.
+
+    `(abs(slope) + SE(slope)) * n / s` for the least-squares line through the `n` equally spaced
+    angles, `s` the residual standard deviation (`n - 2` degrees of freedom) and `SE(slope) =
+    s / sqrt(sum((i - mean(i))^2))`. NaN when any angle is undefined or there are fewer than 3 of them;
+    0 for an exactly constant series, inf for an exactly straight, sloped one.
+
+    A flat series with noise gives about `(abs(t) + 1) * sqrt(12 / n)` (t: the slope's t-statistic),
+    which falls below 1 once `n` exceeds about `12 (abs(t) + 1)^2`; a series with a slope `b` gives at
+    least `abs(b) * n / s`, which grows with the window.
 
     Example:
         >>> trend_statistic([10.0, 11.0, 12.0, 13.0]) == math.inf
         True
-        >>> round(trend_statistic([1.0, 2.0, 1.0, 2.0, 1.0]), 6)
+        >>> trend_statistic([5.0] * 6)
         0.0
+        >>> round(trend_statistic([1.0, 2.0, 3.0] * 2), 2)  # flat but too short to tell
+        3.0
+        >>> round(trend_statistic([1.0, 2.0, 3.0] * 10), 2)  # the same pattern, long enough
+        0.95
     """
     n = len(angles)
     if n < 3 or not all(math.isfinite(a) for a in angles):
@@ -48,7 +78,8 @@ def trend_statistic(angles: Sequence[float]) -> float:
     sxy = math.fsum((i - x_mean) * (a - y_mean) for i, a in enumerate(angles))
     slope = sxy / sxx
     rss = math.fsum((a - y_mean - slope * (i - x_mean)) ** 2 for i, a in enumerate(angles))
-    se = math.sqrt(max(rss, 0.0) / (n - 2) / sxx)
-    if se == 0.0:
+    scatter = math.sqrt(max(rss, 0.0) / (n - 2))
+    if scatter == 0.0:
         return 0.0 if slope == 0.0 else math.inf
-    return abs(slope) / se
+    se = scatter / math.sqrt(sxx)
+    return (abs(slope) + se) * n / scatter

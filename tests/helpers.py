@@ -100,4 +100,4 @@ def autodrop_entries(trainer) -> list[dict]:
 
 # A threshold no angle change reaches: the trigger fires at the first check (third interval after a
 # reset), so drops land at fixed intervals 3 + drop_delay, 2 * (3 + drop_delay), ...
-ALWAYS = dict(threshold=180.0, max_threshold=180.0)
+ALWAYS = dict(detector="paper", threshold=180.0, max_threshold=180.0)

@@ -216,9 +216,42 @@ def _lr_entries(trainer):
     return [(h["step"], h["learning_rate"]) for h in trainer.state.log_history if "learning_rate" in h]
 
 
+class TestResumeTrend:
+    """Exact resume with the default (trend) test, whose state includes the window's angles."""
+
+    EPOCHS = 8
+    # trend_z 100 lets the test pass at its first check (11 intervals after a reset): drops at intervals
+    # 13 and 26 of 32 (two steps each); the stops land inside an averaging window and mid-window after a drop.
+    CONFIG = dict(detector="trend", trend_z=100.0, drop_delay=2, drop_factor=0.5, interval_steps=2)
+
+    @pytest.mark.parametrize("stop_epoch", [3, 5])
+    def test_resume_is_exact(self, tmp_path, stop_epoch):
+        straight = make_trainer(
+            tmp_path,
+            [AutoDropCallback(**self.CONFIG)],
+            num_train_epochs=self.EPOCHS,
+            save_strategy="epoch",
+            restore_callback_states_from_checkpoint=True,
+        )
+        straight.train()
+        entries = autodrop_entries(straight)
+        assert [m["interval"] for m in _callback(straight).measurements if m["dropped"]] == [13, 26]
+        resumed = make_trainer(
+            tmp_path,
+            [AutoDropCallback(**self.CONFIG)],
+            num_train_epochs=self.EPOCHS,
+            save_strategy="no",
+            restore_callback_states_from_checkpoint=True,
+        )
+        resumed.train(resume_from_checkpoint=str(tmp_path / f"checkpoint-{stop_epoch * STEPS_PER_EPOCH}"))
+        assert _clean(autodrop_entries(resumed)) == _clean(entries)
+        for p, q in zip(resumed.model.parameters(), straight.model.parameters()):
+            assert torch.equal(p.detach(), q.detach())
+
+
 class TestResume:
     EPOCHS = 10
-    CONFIG = dict(drop_delay=2, drop_factor=0.5, threshold=60.0, max_threshold=120.0)
+    CONFIG = dict(detector="paper", drop_delay=2, drop_factor=0.5, threshold=60.0, max_threshold=120.0)
 
     @pytest.fixture(scope="class")
     def straight(self, tmp_path_factory):
@@ -447,7 +480,7 @@ class TestOddRuns:
         assert autodrop_entries(trainer)[-1]["autodrop/num_drops"] == 1
 
     def test_short_run_measures_more_often_than_per_epoch(self, tmp_path, autodrop_logs):
-        # 5 epochs of 8 steps, paper defaults: a drop needs 3 + 20 intervals; 40 // 69 -> every step.
+        # 5 epochs of 8 steps, the defaults: a drop needs 11 + 20 intervals; 40 // 93 -> every step.
         trainer = make_trainer(tmp_path, [AutoDropCallback()], num_train_epochs=5)
         trainer.train()
         assert "measuring every 1 optimizer steps instead (40 intervals)" in autodrop_logs.text

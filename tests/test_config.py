@@ -11,6 +11,21 @@ def test_defaults_are_the_specs():
     assert cfg.interval_steps is None and cfg.average_buffers and not cfg.dry_run and not cfg.stop_when_exhausted
 
 
+def test_the_trend_test_is_the_default_and_a_drop_needs_31_intervals():
+    cfg = AutoDropConfig()
+    assert (cfg.detector, cfg.trend_window, cfg.trend_z) == ("trend", 10, 1.0)
+    assert cfg.min_intervals_per_drop == 10 + 1 + 20
+    assert AutoDropConfig(detector="paper").min_intervals_per_drop == 3 + 20
+
+
+def test_auto_interval_leaves_room_for_three_drops():
+    cfg = AutoDropConfig()
+    assert cfg.auto_interval_steps(1200) == 1200 // 93 == 12
+    assert cfg.auto_interval_steps(20000) == 215
+    assert cfg.auto_interval_steps(50) == 1  # never 0
+    assert AutoDropConfig(detector="paper").auto_interval_steps(1200) == 1200 // 69
+
+
 def test_frozen():
     with pytest.raises(dataclasses.FrozenInstanceError):
         AutoDropConfig().drop_factor = 0.5

@@ -7,6 +7,8 @@ import torch
 
 from hf_autodrop import AutoDrop, AutoDropConfig, Measurement
 
+from .helpers import ALWAYS
+
 
 def _model(*shapes, seed=0):
     g = torch.Generator().manual_seed(seed)
@@ -40,7 +42,7 @@ class _Zigzag:
 def _run(angles, **cfg):
     params = _model((4,), (3,))
     opt = torch.optim.SGD(params, lr=1.0)
-    ad = AutoDrop(params, opt, **cfg)
+    ad = AutoDrop(params, opt, **{"detector": "paper", **cfg})
     walk = _Zigzag(params, angles)
     out = []
     for _ in range(len(angles)):
@@ -78,7 +80,7 @@ class TestDrop:
     def test_drop_delay_zero_drops_at_the_trigger_without_moving_parameters(self):
         params = _model((5,))
         opt = torch.optim.SGD(params, lr=1.0)
-        ad = AutoDrop(params, opt, threshold=0.5, drop_delay=0)
+        ad = AutoDrop(params, opt, detector="paper", threshold=0.5, drop_delay=0)
         walk = _Zigzag(params, [0, 30, 30])
         for _ in range(2):
             walk.interval()
@@ -92,7 +94,7 @@ class TestDrop:
     def test_average_uses_linear_weights_normalised_by_their_sum(self):
         params = _model((3,))
         opt = torch.optim.SGD(params, lr=1.0)
-        ad = AutoDrop(params, opt, threshold=180.0, max_threshold=180.0, drop_delay=2)
+        ad = AutoDrop(params, opt, **ALWAYS, drop_delay=2)
         snapshots = []
         for t in range(5):
             _move(params, [torch.tensor([1.0, 0.5 * (-1) ** t, t * 0.25])])
@@ -119,7 +121,7 @@ class TestLearningRates:
     def test_groups_drop_and_floor_on_their_own(self):
         params = _model((2,), (2,))
         opt = torch.optim.SGD([{"params": params[:1], "lr": 0.1}, {"params": params[1:], "lr": 1e-3}])
-        ad = AutoDrop(params, opt, threshold=180.0, max_threshold=180.0, drop_delay=0, min_lr=5e-4)
+        ad = AutoDrop(params, opt, **ALWAYS, drop_delay=0, min_lr=5e-4)
         lrs = []
         for _ in range(9):
             _move(params, [torch.randn(2), torch.randn(2)])
@@ -131,7 +133,7 @@ class TestLearningRates:
     def test_default_floor_is_relative_to_each_groups_initial_lr(self):
         params = _model((2,), (2,))
         opt = torch.optim.SGD([{"params": params[:1], "lr": 0.1}, {"params": params[1:], "lr": 0.01}])
-        ad = AutoDrop(params, opt, threshold=180.0, max_threshold=180.0, drop_delay=0, drop_factor=0.01)
+        ad = AutoDrop(params, opt, **ALWAYS, drop_delay=0, drop_factor=0.01)
         for _ in range(6):
             _move(params, [torch.randn(2), torch.randn(2)])
             m = ad.step()
@@ -141,7 +143,14 @@ class TestLearningRates:
         params = _model((2,))
         opt = torch.optim.SGD(params, lr=1e-4)
         ad = AutoDrop(
-            params, opt, threshold=0.5, max_threshold=180.0, drop_delay=1, min_lr=1e-4, stop_when_exhausted=True
+            params,
+            opt,
+            detector="paper",
+            threshold=0.5,
+            max_threshold=180.0,
+            drop_delay=1,
+            min_lr=1e-4,
+            stop_when_exhausted=True,
         )
         walk = _Zigzag(params, [0, 30, 30, 30])
         for _ in range(3):
@@ -157,7 +166,7 @@ class TestLearningRates:
         opt = torch.optim.SGD(params, lr=0.1)
         warmup = lambda step: min(1.0, (step + 1) / 4)  # noqa: E731
         sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup)
-        ad = AutoDrop(params, opt, sched, threshold=180.0, max_threshold=180.0, drop_delay=0, drop_factor=0.5)
+        ad = AutoDrop(params, opt, sched, **ALWAYS, drop_delay=0, drop_factor=0.5)
         for _ in range(7):
             _move(params, [torch.randn(2)])
             opt.step()
@@ -175,7 +184,7 @@ class TestLearningRates:
         params = _model((2,))
         opt = torch.optim.SGD(params, lr=0.1)
         sched = torch.optim.lr_scheduler.StepLR(opt, step_size=100, gamma=0.5)
-        ad = AutoDrop(params, opt, sched, threshold=180.0, max_threshold=180.0, drop_delay=0, drop_factor=0.1)
+        ad = AutoDrop(params, opt, sched, **ALWAYS, drop_delay=0, drop_factor=0.1)
         for _ in range(3):
             _move(params, [torch.randn(2)])
             opt.step()
@@ -195,7 +204,7 @@ class TestLearningRates:
             [torch.optim.lr_scheduler.LinearLR(opt, 0.5, total_iters=2), torch.optim.lr_scheduler.ConstantLR(opt, 1.0)],
             milestones=[2],
         )
-        ad = AutoDrop(params, opt, sched, threshold=180.0, max_threshold=180.0, drop_delay=0, drop_factor=0.1)
+        ad = AutoDrop(params, opt, sched, **ALWAYS, drop_delay=0, drop_factor=0.1)
         for _ in range(3):
             _move(params, [torch.randn(2)])
             opt.step()
@@ -244,7 +253,12 @@ class TestOddInput:
 
     def test_non_finite_parameters_warn_and_never_trigger(self, autodrop_logs):
         params = _model((3,))
-        ad = AutoDrop(params, torch.optim.SGD(params, lr=0.1), threshold=180.0, max_threshold=180.0, drop_delay=0)
+        ad = AutoDrop(
+            params,
+            torch.optim.SGD(params, lr=0.1),
+            **ALWAYS,
+            drop_delay=0,
+        )
         for t in range(6):
             _move(params, [torch.randn(3)])
             if t == 1:
@@ -257,7 +271,12 @@ class TestOddInput:
 
     def test_non_finite_interval_does_not_enter_the_average(self, autodrop_logs):
         params = _model((3,))
-        ad = AutoDrop(params, torch.optim.SGD(params, lr=0.1), threshold=180.0, max_threshold=180.0, drop_delay=2)
+        ad = AutoDrop(
+            params,
+            torch.optim.SGD(params, lr=0.1),
+            **ALWAYS,
+            drop_delay=2,
+        )
         for _ in range(3):
             _move(params, [torch.randn(3)])
             m = ad.step()
@@ -276,7 +295,12 @@ class TestOddInput:
 
     def test_zero_displacement_warns_once_and_gives_no_information(self, autodrop_logs):
         params = _model((3,))
-        ad = AutoDrop(params, torch.optim.SGD(params, lr=0.0), threshold=180.0, max_threshold=180.0, drop_delay=0)
+        ad = AutoDrop(
+            params,
+            torch.optim.SGD(params, lr=0.0),
+            **ALWAYS,
+            drop_delay=0,
+        )
         for _ in range(5):
             m = ad.step()
             assert math.isnan(m.angle) and not m.triggered
@@ -285,7 +309,14 @@ class TestOddInput:
     def test_dry_run_changes_nothing_but_reports(self, autodrop_logs):
         params = _model((3,))
         opt = torch.optim.SGD(params, lr=0.1)
-        ad = AutoDrop(params, opt, threshold=180.0, max_threshold=180.0, drop_delay=1, dry_run=True, drop_factor=0.5)
+        ad = AutoDrop(
+            params,
+            opt,
+            **ALWAYS,
+            drop_delay=1,
+            dry_run=True,
+            drop_factor=0.5,
+        )
         for _ in range(4):
             _move(params, [torch.randn(3)])
             before = params[0].detach().clone()
@@ -305,7 +336,7 @@ class TestBuffers:
     def test_float_buffers_are_averaged_integer_buffers_untouched(self):
         model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
         opt = torch.optim.SGD(model.parameters(), lr=0.1)
-        ad = AutoDrop(model, opt, threshold=180.0, max_threshold=180.0, drop_delay=1)
+        ad = AutoDrop(model, opt, **ALWAYS, drop_delay=1)
         means = []
         for t in range(4):
             _move(list(model.parameters()), [torch.randn_like(p) for p in model.parameters()])
@@ -322,8 +353,7 @@ class TestBuffers:
         ad = AutoDrop(
             model,
             torch.optim.SGD(model.parameters(), lr=0.1),
-            threshold=180.0,
-            max_threshold=180.0,
+            **ALWAYS,
             drop_delay=1,
             average_buffers=False,
         )
@@ -344,7 +374,13 @@ class TestState:
         def build():
             params = _model((4,), (3,))
             opt = torch.optim.SGD(params, lr=0.1)
-            return params, opt, AutoDrop(params, opt, threshold=40.0, max_threshold=80.0, drop_delay=2, drop_factor=0.5)
+            return (
+                params,
+                opt,
+                AutoDrop(
+                    params, opt, detector="paper", threshold=40.0, max_threshold=80.0, drop_delay=2, drop_factor=0.5
+                ),
+            )
 
         params, opt, ad = build()
         straight = []
@@ -390,7 +426,12 @@ class TestState:
 
     def test_memory_is_two_copies_outside_and_three_inside_averaging(self):
         params = _model((100,), (50,))
-        ad = AutoDrop(params, torch.optim.SGD(params, lr=0.1), threshold=180.0, max_threshold=180.0, drop_delay=2)
+        ad = AutoDrop(
+            params,
+            torch.optim.SGD(params, lr=0.1),
+            **ALWAYS,
+            drop_delay=2,
+        )
         nbytes = 150 * 4
         assert ad.state_nbytes() == 2 * nbytes
         for _ in range(3):
@@ -445,7 +486,7 @@ def test_fp16_autocast_with_grad_scaler_and_bf16_parameters():
     params = list(model.parameters()) + list(half.parameters())
     opt = torch.optim.SGD(params, lr=0.05, momentum=0.9)
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8)
-    ad = AutoDrop(params, opt, threshold=180.0, max_threshold=180.0, drop_delay=1)
+    ad = AutoDrop(params, opt, **ALWAYS, drop_delay=1)
     assert all(view.dtype == torch.float32 for view in ad.state_dict()["snapshot"])
     for _ in range(4):
         for _ in range(5):

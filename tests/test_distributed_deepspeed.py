@@ -25,7 +25,7 @@ from ._distributed import Net, batches, run_once, spawn
 
 pytest.importorskip("deepspeed", reason="DeepSpeed is not installed (pip install --no-build-isolation deepspeed)")
 
-CONFIG = dict(drop_delay=1, threshold=180.0, max_threshold=180.0)  # drops at intervals 4 and 8
+CONFIG = dict(detector="paper", drop_delay=1, threshold=180.0, max_threshold=180.0)  # drops at intervals 4 and 8
 INTERVALS, STEPS = 8, 2
 PERSISTENCE = {"partitioned": 0, "persistent": 10**5}  # stage3_param_persistence_threshold
 

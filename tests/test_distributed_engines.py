@@ -24,7 +24,9 @@ from hf_autodrop import AutoDrop
 from ._distributed import Net, batches, run_once, spawn
 
 ENGINES = ["ddp", "fsdp1", "fsdp1_flat", "fsdp1_hybrid", "fsdp2", "fsdp2_bf16", "hsdp", "zero3_simulated"]
-CONFIG = dict(drop_delay=1, threshold=180.0, max_threshold=180.0)  # triggers at intervals 3 and 7, drops at 4 and 8
+CONFIG = dict(
+    detector="paper", drop_delay=1, threshold=180.0, max_threshold=180.0
+)  # triggers at intervals 3 and 7, drops at 4 and 8
 INTERVALS, STEPS = 10, 3
 # FSDP1 turns a hybrid shard whose shard groups have one process into NO_SHARD with its own gradient
 # scaling, and bf16 compute changes the gradients, so these trajectories are not the fp32 unsharded one:

@@ -16,7 +16,7 @@ from ._distributed import BIN, launch, run_once
 EPOCHS = 10
 # On this task the angle change first falls below 0.6 degrees at epoch 6 (by 0.2 degrees, far more than
 # the 1e-3 the runs may differ by): a real trigger, not one forced by a huge threshold.
-CONFIG = dict(drop_delay=1, drop_factor=0.5, threshold=0.6, max_threshold=50.0)
+CONFIG = dict(detector="paper", drop_delay=1, drop_factor=0.5, threshold=0.6, max_threshold=50.0)
 STEPS_PER_EPOCH = 8  # 256 examples / global batch 32
 RESUME_EPOCH = 6  # inside the averaging window
 

@@ -4,6 +4,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 from hf_autodrop import AutoDropConfig
 from hf_autodrop.experiments import nqm_study
@@ -72,7 +73,9 @@ def test_simulate_rejects_bad_input():
 
 def test_autodrop_controller_sees_the_same_angles_and_drops_to_the_floor():
     v = NOISE_MODELS["identity"](A)
-    cfg = AutoDropConfig(drop_factor=0.5, min_lr=0.001, threshold=180.0, max_threshold=180.0, drop_delay=2)
+    cfg = AutoDropConfig(
+        detector="paper", drop_factor=0.5, min_lr=0.001, threshold=180.0, max_threshold=180.0, drop_delay=2
+    )
     run = simulate(0.06, 400, A, v, seed=0, autodrop=cfg)
     assert len(run.measurements) == 400
     # The controller's angle (float32 snapshots) is the float64 per-iteration angle, until the first drop
@@ -91,6 +94,24 @@ def test_autodrop_interval_steps_sets_iterations_per_interval():
     run = simulate(0.06, 200, A, np.ones_like(A), seed=0, autodrop=cfg)
     assert [m.interval for m in run.measurements] == list(range(1, 11))
     assert all(d % 20 == 0 for d in run.drops + run.triggers)
+
+
+def test_after_step_can_set_the_lr_from_the_loss():
+    # torch's ReduceLROnPlateau fed the exact loss: the lr falls once the loss stops improving.
+    a_t = torch.from_numpy(A)
+    seen = []
+
+    def plateau(t, x, opt, box={}):  # noqa: B006 - one scheduler for this one run
+        seen.append(t)
+        box.setdefault("s", torch.optim.lr_scheduler.ReduceLROnPlateau(opt, patience=2))
+        if (t + 1) % 50 == 0:
+            box["s"].step(float(0.5 * (a_t * x * x).sum()))
+
+    run = simulate(0.06, 3000, A, np.ones_like(A), seed=0, after_step=plateau)
+    assert seen == list(range(3000))
+    assert run.lrs[0] == 0.06 and run.lrs[-1] < 0.006
+    with pytest.raises(ValueError, match="after_step"):
+        simulate(0.06, 10, A, np.ones_like(A), seed=0, autodrop=AutoDropConfig(), after_step=plateau)
 
 
 def test_block_mean_ignores_nan():

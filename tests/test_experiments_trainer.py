@@ -9,7 +9,7 @@ from hf_autodrop.experiments import charlm_study, digits_study
 from hf_autodrop.experiments.trainer_study import PAPER_AUTODROP, Method, run_all, run_one
 
 TASK = digits_study.QUICK_TASK
-FORCED = dict(threshold=180.0, max_threshold=180.0, drop_delay=1)  # every check triggers
+FORCED = dict(detector="paper", threshold=180.0, max_threshold=180.0, drop_delay=1)  # every check triggers
 
 
 def test_autodrop_that_never_drops_is_the_constant_run_bit_for_bit():

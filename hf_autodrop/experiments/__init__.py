@@ -8,6 +8,8 @@ smoke run); it writes a Markdown report and PNG plots into `docs/results/`.
 - `digits_study`: a small CNN on scikit-learn's digits with the `Trainer`, every schedule compared.
 - `charlm_study`: a small character-level transformer LM (AdamW) on the Python standard library's
   own source text, every schedule compared.
+- `saturation_study`: the saturation tests (the paper's and the default `trend`) on all three tasks with
+  AutoDrop's defaults, against cosine given the run length, a constant lr and `reduce_lr_on_plateau`.
 
 The studies use the public API (`AutoDrop`, `AutoDropConfig`, `AutoDropCallback`) like any user.
 """

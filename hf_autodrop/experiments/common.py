@@ -10,7 +10,7 @@ import platform
 import shlex
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -60,8 +60,11 @@ class Study:
         default_seeds: int = 5,
         argv: Sequence[str] | None = None,
         saves_runs: bool = False,
+        extra_args: Callable[[argparse.ArgumentParser], None] | None = None,
     ):
         parser = argparse.ArgumentParser(prog=f"python -m {module}", description=description)
+        if extra_args is not None:
+            extra_args(parser)
         parser.add_argument("--quick", action="store_true", help="a smoke run of a few seconds (used by the tests)")
         parser.add_argument("--out", default=os.path.join("docs", "results"), help="where the report and plots go")
         parser.add_argument(

@@ -128,6 +128,7 @@ def simulate(
     autodrop: AutoDropConfig | None = None,
     *,
     x0: float | np.ndarray = 10.0,
+    after_step: Callable[[int, torch.Tensor, torch.optim.Optimizer], None] | None = None,
 ) -> NQMRun:
     """Run gradient descent on the NQM and record the angle and loss of every iteration.
 
@@ -141,6 +142,9 @@ def simulate(
         autodrop: an `AutoDropConfig` for the public `AutoDrop` controller, stepped every
             `autodrop.interval_steps` iterations (every iteration when it is None).
         x0: the starting point (a scalar for every coordinate, or an array); the optimum is 0.
+        after_step: called after every iteration (after AutoDrop) with the 0-based iteration, the
+            parameter vector and the optimizer; it may change the optimizer's lr (a schedule that
+            reads the loss, such as torch's `ReduceLROnPlateau`). Not with `autodrop` or a callable `lr`.
 
     Returns:
         An `NQMRun`, which unpacks as `(angles, losses)`, both numpy arrays of length `steps`.
@@ -156,6 +160,8 @@ def simulate(
     schedule = lr if callable(lr) else None
     if autodrop is not None and schedule is not None:
         raise ValueError("with autodrop, lr must be a float (the initial lr), not a schedule")
+    if after_step is not None and (autodrop is not None or schedule is not None):
+        raise ValueError("after_step sets the lr itself: pass a float lr and no autodrop")
     lr0 = float(schedule(0) if schedule is not None else lr)
     if schedule is None:
         _weights(lr0, a_np, v_np)  # a fixed lr that diverges is an error, not a NaN curve
@@ -191,6 +197,8 @@ def simulate(
             opt.step()
             if controller is not None and (t + 1) % interval == 0:
                 measurements.append(controller.step())  # may average x and drop the lr
+            if after_step is not None:
+                after_step(t, x.detach(), opt)
             traj[i] = x.detach()
         # Steps, their angles and the losses of the whole chunk at once, in float64.
         step_vectors = torch.diff(torch.cat([prev_x[None], traj]), dim=0)

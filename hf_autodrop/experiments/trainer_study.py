@@ -28,8 +28,8 @@ from .common import Study, fmt, markdown_table, mean_std
 
 __all__ = ["Method", "TaskSpec", "run_one", "run_all", "PAPER_AUTODROP", "standard_methods"]
 
-# The paper's AutoDrop settings (theta_0, theta_max, n_d); the drop factor varies per row.
-PAPER_AUTODROP = dict(threshold=0.01, max_threshold=1.0, drop_delay=20)
+# The paper's AutoDrop settings (its test, theta_0, theta_max, n_d); the drop factor varies per row.
+PAPER_AUTODROP = dict(detector="paper", threshold=0.01, max_threshold=1.0, drop_delay=20)
 
 
 @dataclass(frozen=True)
@@ -151,6 +151,7 @@ def run_one(task: TaskSpec, method: Method, seed: int, lr: float | None = None) 
                 optimizer.eval()  # schedule-free: evaluate at the averaged point
             with torch.no_grad():
                 value, loss = metric_fn(model, test)
+                val_value, val_loss = metric_fn(model, val)
             if hasattr(optimizer, "train"):
                 optimizer.train()
             model.train()
@@ -160,6 +161,8 @@ def run_one(task: TaskSpec, method: Method, seed: int, lr: float | None = None) 
                     "epoch": state.epoch,
                     "metric": value,
                     "loss": loss,
+                    "val_metric": val_value,
+                    "val_loss": val_loss,
                     "lr": float(optimizer.param_groups[0]["lr"]),
                 }
             )
@@ -173,13 +176,27 @@ def run_one(task: TaskSpec, method: Method, seed: int, lr: float | None = None) 
             if task.eval_steps is not None and state.global_step % task.eval_steps == 0:
                 self._record(state, optimizer, model)
 
+    log_lines: list[str] = []
+
+    class KeepLog(logging.Handler):
+        def emit(self, record):
+            log_lines.append(record.getMessage())
+
+    keep_log = KeepLog(logging.INFO)
+    hf_logger = logging.getLogger("hf_autodrop")
+    hf_logger.addHandler(keep_log)
+    old_level = hf_logger.level
+    hf_logger.setLevel(logging.INFO)
+
     callbacks: list = []
     autodrop_cb = None
     if method.kind == "autodrop":
-        autodrop_cb = AutoDropCallback(AutoDropConfig(interval_steps=task.interval_steps, **method.autodrop))
+        autodrop_cb = AutoDropCallback(AutoDropConfig(**{"interval_steps": task.interval_steps, **method.autodrop}))
     elif method.kind == "constant":
         autodrop_cb = AutoDropCallback(
-            AutoDropConfig(interval_steps=task.interval_steps, dry_run=True, **{**PAPER_AUTODROP, **method.autodrop})
+            AutoDropConfig(
+                **{"interval_steps": task.interval_steps, **PAPER_AUTODROP, **method.autodrop, "dry_run": True}
+            )
         )
     if autodrop_cb is not None:
         callbacks.append(autodrop_cb)
@@ -219,7 +236,11 @@ def run_one(task: TaskSpec, method: Method, seed: int, lr: float | None = None) 
         )
         trainer.remove_callback(PrinterCallback)  # the studies print their own progress
         start = time.perf_counter()
-        trainer.train()
+        try:
+            trainer.train()
+        finally:
+            hf_logger.removeHandler(keep_log)
+            hf_logger.setLevel(old_level)
         wall = time.perf_counter() - start - eval_time[0]
         val_passes = sum("eval_loss" in h for h in trainer.state.log_history)
 
@@ -231,6 +252,7 @@ def run_one(task: TaskSpec, method: Method, seed: int, lr: float | None = None) 
         "epoch",
         "angle",
         "angle_change",
+        "statistic",
         "threshold",
         "triggered",
         "dropped",
@@ -249,10 +271,13 @@ def run_one(task: TaskSpec, method: Method, seed: int, lr: float | None = None) 
         "final": metrics[-1],
         "best": metrics[best],
         "final_loss": curve[-1]["loss"],
+        "final_val": curve[-1]["val_metric"],
+        "final_val_loss": curve[-1]["val_loss"],
         "to_best": curve[best]["epoch"] if task.eval_steps is None else curve[best]["step"],
         "val_passes": val_passes,
         "wall_s": wall,
         "autodrop": measurements,
+        "log": log_lines,  # hf_autodrop's INFO and WARNING lines (the interval it chose, every drop)
         "dry_run": method.kind == "constant",
         "derived": False,
     }
@@ -579,8 +604,8 @@ def load_runs(path: str) -> tuple[list[dict], dict]:
         data = json.load(f)
     for r in data["runs"]:
         for m in r["autodrop"]:
-            for k in ("angle", "angle_change"):
-                if m[k] is None:
+            for k in ("angle", "angle_change", "statistic"):
+                if m.get(k, 0.0) is None:
                     m[k] = math.nan
     return data["runs"], data["provenance"]
 

@@ -19,7 +19,7 @@ from tests.helpers import MLP, Digits
 EPOCHS = 10
 GLOBAL_BATCH = 32
 # The angle change first falls below 1 degree at epoch 9 (0.14; every earlier change is above 1.7).
-CONFIG = dict(drop_delay=1, drop_factor=0.5, threshold=1.0, max_threshold=50.0)
+CONFIG = dict(detector="paper", drop_delay=1, drop_factor=0.5, threshold=1.0, max_threshold=50.0)
 
 
 def train(accelerator=None) -> list[dict]:
