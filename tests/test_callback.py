@@ -343,31 +343,15 @@ class TestResume:
         assert "is missing" in autodrop_logs.text and "fresh history" in autodrop_logs.text
 
     def test_corrupt_state_file_is_an_error(self, straight, tmp_path):
-        import shutil
-
-        out, *_ = straight
-        ckpt = tmp_path / f"checkpoint-{4 * STEPS_PER_EPOCH}"
-        shutil.copytree(out / ckpt.name, ckpt)
+        ckpt = self._copy_epoch_4(straight, tmp_path)
         (ckpt / STATE_FILE).write_bytes(b"not a torch file")
-        self._point_state_at(ckpt)
-        resumed = make_trainer(
-            tmp_path,
-            [AutoDropCallback(**self.CONFIG)],
-            num_train_epochs=5,
-            save_strategy="no",
-            restore_callback_states_from_checkpoint=True,
-        )
         with pytest.raises(RuntimeError, match="unreadable"):
-            resumed.train(resume_from_checkpoint=str(ckpt))
+            self._resumed_trainer(tmp_path).train(resume_from_checkpoint=str(ckpt))
 
     def test_state_of_other_parameter_shapes_is_an_error(self, straight, tmp_path):
-        import shutil
-
         from hf_autodrop import AutoDrop
 
-        out, *_ = straight
-        ckpt = tmp_path / f"checkpoint-{4 * STEPS_PER_EPOCH}"
-        shutil.copytree(out / ckpt.name, ckpt)
+        ckpt = self._copy_epoch_4(straight, tmp_path)
         payload = torch.load(ckpt / STATE_FILE, weights_only=True)
         other = MLP(hidden=16)
         payload["autodrop"] = {
@@ -375,26 +359,32 @@ class TestResume:
             "interval": payload["autodrop"]["interval"],
         }
         torch.save(payload, ckpt / STATE_FILE)
-        self._point_state_at(ckpt)
-        resumed = make_trainer(
-            tmp_path,
+        with pytest.raises(ValueError, match="belongs to another model"):
+            self._resumed_trainer(tmp_path).train(resume_from_checkpoint=str(ckpt))
+
+    def _resumed_trainer(self, output_dir):
+        return make_trainer(
+            output_dir,
             [AutoDropCallback(**self.CONFIG)],
             num_train_epochs=5,
             save_strategy="no",
             restore_callback_states_from_checkpoint=True,
         )
-        with pytest.raises(ValueError, match="belongs to another model"):
-            resumed.train(resume_from_checkpoint=str(ckpt))
 
     @staticmethod
-    def _point_state_at(ckpt):
-        """Make the copied checkpoint's trainer_state.json record the copy's AutoDrop file."""
+    def _copy_epoch_4(straight, tmp_path):
+        """A copy of the straight run's epoch-4 checkpoint whose trainer_state.json records the copy's AutoDrop file."""
         import json
+        import shutil
 
+        out, *_ = straight
+        ckpt = tmp_path / f"checkpoint-{4 * STEPS_PER_EPOCH}"
+        shutil.copytree(out / ckpt.name, ckpt)
         path = ckpt / "trainer_state.json"
         state = json.loads(path.read_text())
         state["stateful_callbacks"]["AutoDropCallback"]["attributes"]["_checkpoint"]["file"] = str(ckpt / STATE_FILE)
         path.write_text(json.dumps(state))
+        return ckpt
 
 
 class _Poison(TrainerCallback):
