@@ -223,8 +223,9 @@ class AutoDrop:
             dropped = True
             exhausted = self._drop(angle)
         else:
-            # The paper's test needs the last angle; the trend test the latter half of those since the reset.
-            keep = 1 if cfg.detector == "paper" else max(cfg.trend_window, (self._t + 1) // 2)
+            # The paper's test needs the last angle; the trend test next interval's window (the t angles
+            # kept so far, counting interval 1's undefined one), or all of them while fewer than trend_window.
+            keep = 1 if cfg.detector == "paper" else max(cfg.trend_window, trend_window_size(self._t, cfg.trend_window))
             self._recent = (self._recent + [angle])[-keep:]
 
         return Measurement(
