@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from hf_autodrop import AutoDropConfig
-from hf_autodrop.experiments import nqm_study
-from hf_autodrop.experiments.nqm import (
+from experiments import nqm_study
+from experiments.nqm import (
     NOISE_MODELS,
     block_mean,
     paper_curvature,

@@ -4,7 +4,7 @@ import gzip
 import json
 
 from hf_autodrop import AutoDropConfig
-from hf_autodrop.experiments import saturation_study
+from experiments import saturation_study
 
 
 def test_default_row_is_the_library_default():

@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from hf_autodrop.experiments import charlm_study, digits_study
-from hf_autodrop.experiments.trainer_study import PAPER_AUTODROP, Method, run_all, run_one
+from experiments import charlm_study, digits_study
+from experiments.trainer_study import PAPER_AUTODROP, Method, run_all, run_one
 
 TASK = digits_study.QUICK_TASK
 FORCED = dict(detector="paper", threshold=180.0, max_threshold=180.0, drop_delay=1)  # every check triggers

@@ -1,8 +1,8 @@
 """The saturation tests on every evidence task: AutoDrop's defaults against cosine, a constant lr and plateau.
 
-    python -m hf_autodrop.experiments.saturation_study --workers 2    # the evidence (digits, char LM, NQM)
-    python -m hf_autodrop.experiments.saturation_study --quick        # a smoke run (used by the tests)
-    python -m hf_autodrop.experiments.saturation_study --tasks charlm --autodrop '{"trend_window": 20}'
+    python -m experiments.saturation_study --workers 2    # the evidence (digits, char LM, NQM)
+    python -m experiments.saturation_study --quick        # a smoke run (used by the tests)
+    python -m experiments.saturation_study --tasks charlm --autodrop '{"trend_window": 20}'
 
 Every AutoDrop row runs with `interval_steps=None`, as a user who sets nothing would: the Trainer callback
 measures once per epoch when the run has epochs enough for a drop and otherwise every
@@ -546,7 +546,7 @@ def _extra_args(parser) -> None:
 
 def main(argv=None) -> str:
     study = Study(
-        "hf_autodrop.experiments.saturation_study",
+        "experiments.saturation_study",
         __doc__.splitlines()[0],
         argv=argv,
         saves_runs=True,

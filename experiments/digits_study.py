@@ -1,8 +1,8 @@
 """Digits with a small CNN and the `Trainer`: AutoDrop against constant, multistep, cosine, plateau, schedule-free.
 
-    python -m hf_autodrop.experiments.digits_study --workers 2    # the evidence
-    python -m hf_autodrop.experiments.digits_study --quick        # a smoke run (used by the tests)
-    python -m hf_autodrop.experiments.digits_study --autodrop '{"threshold": 0.5}'   # other AutoDrop settings
+    python -m experiments.digits_study --workers 2    # the evidence
+    python -m experiments.digits_study --quick        # a smoke run (used by the tests)
+    python -m experiments.digits_study --autodrop '{"threshold": 0.5}'   # other AutoDrop settings
 
 Writes `digits.md`, `digits_curves.png` and `digits_to_best.png` into `--out` (default `docs/results`).
 """
@@ -37,7 +37,7 @@ SETUP = (
 
 
 def main(argv=None) -> str:
-    study = Study("hf_autodrop.experiments.digits_study", __doc__.splitlines()[0], argv=argv, saves_runs=True)
+    study = Study("experiments.digits_study", __doc__.splitlines()[0], argv=argv, saves_runs=True)
     task = QUICK_TASK if study.quick else TASK
     sweep = (0.1, 0.05) if study.quick else SWEEP_LRS
     return main_for(

@@ -1,8 +1,8 @@
 """A character-level transformer LM with AdamW and the `Trainer`: AutoDrop against the usual schedules.
 
-    python -m hf_autodrop.experiments.charlm_study --workers 2    # the evidence
-    python -m hf_autodrop.experiments.charlm_study --quick        # a smoke run (used by the tests)
-    python -m hf_autodrop.experiments.charlm_study --autodrop '{"threshold": 0.5}'   # other AutoDrop settings
+    python -m experiments.charlm_study --workers 2    # the evidence
+    python -m experiments.charlm_study --quick        # a smoke run (used by the tests)
+    python -m experiments.charlm_study --autodrop '{"threshold": 0.5}'   # other AutoDrop settings
 
 Writes `charlm.md`, `charlm_curves.png` and `charlm_to_best.png` into `--out` (default `docs/results`).
 """
@@ -55,7 +55,7 @@ SETUP = (
 def main(argv=None) -> str:
     import platform
 
-    study = Study("hf_autodrop.experiments.charlm_study", __doc__.splitlines()[0], argv=argv, saves_runs=True)
+    study = Study("experiments.charlm_study", __doc__.splitlines()[0], argv=argv, saves_runs=True)
     task = QUICK_TASK if study.quick else TASK
     setup = SETUP.format(
         py=platform.python_version(),

@@ -46,7 +46,7 @@ def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> 
 
 
 class Study:
-    """The command line and report of one study: `python -m hf_autodrop.experiments.<name> [--quick]`.
+    """The command line and report of one study: `python -m experiments.<name> [--quick]`.
 
     Parses `--quick`, `--out` (default `docs/results`), `--seeds` and `--workers`, keeps the exact
     command, times the run, sets torch's threads, and writes the Markdown report with the command, the

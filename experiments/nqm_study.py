@@ -1,8 +1,8 @@
 """The paper's noisy quadratic model study: Figure 1, Theorem 1 and Figure 3, and when the rule fires.
 
-    python -m hf_autodrop.experiments.nqm_study            # the evidence (about 3 minutes on 2 cores)
-    python -m hf_autodrop.experiments.nqm_study --quick    # a smoke run (seconds)
-    python -m hf_autodrop.experiments.nqm_study --autodrop '{"threshold": 0.5}'   # other AutoDrop settings
+    python -m experiments.nqm_study            # the evidence (about 3 minutes on 2 cores)
+    python -m experiments.nqm_study --quick    # a smoke run (seconds)
+    python -m experiments.nqm_study --autodrop '{"threshold": 0.5}'   # other AutoDrop settings
 
 Writes `nqm.md` and `nqm_*.png` into `--out` (default `docs/results`).
 """
@@ -68,7 +68,7 @@ def paper_smoothed_rule_fires(angles: np.ndarray, threshold: float = 0.01, windo
 
 
 def main(argv=None) -> str:
-    study = Study("hf_autodrop.experiments.nqm_study", __doc__.splitlines()[0], default_seeds=5, argv=argv)
+    study = Study("experiments.nqm_study", __doc__.splitlines()[0], default_seeds=5, argv=argv)
     setup_matplotlib()
     import matplotlib.pyplot as plt
 

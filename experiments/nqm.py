@@ -10,7 +10,7 @@ The update runs on a real `torch.nn.Parameter` with `torch.optim.SGD`, and with 
 public `AutoDrop` controller drives the learning rate exactly as it would in a training loop.
 
 Example:
-    >>> from hf_autodrop.experiments.nqm import paper_curvature, simulate, steady_state_angle
+    >>> from experiments.nqm import paper_curvature, simulate, steady_state_angle
     >>> a = paper_curvature()
     >>> angles, losses = simulate(0.01, 3000, a, 1 / a, seed=0)
     >>> round(steady_state_angle(0.01, a, 1 / a), 2)

@@ -1,6 +1,6 @@
 """Reproductions of the paper's claims and comparisons with other schedules, small enough for 2 CPU cores.
 
-Each study is one module runnable as `python -m hf_autodrop.experiments.<name>` (with `--quick` for a
+Each study is one module run from the repository root as `python -m experiments.<name>` (with `--quick` for a
 smoke run); it writes a Markdown report and PNG plots into `docs/results/`.
 
 - `nqm`: the noisy quadratic model of the paper's Section 3 (`simulate`, the Theorem 1 closed form).
