@@ -35,7 +35,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "recipes"))
 
 import hub_schema  # noqa: E402
-import image_classification as ic  # noqa: E402
+from image_classification import data as icd  # noqa: E402
+from image_classification import model as icm  # noqa: E402
+from image_classification.args import parse_args  # noqa: E402
 
 
 def load_recipe(name: str):
@@ -48,7 +50,7 @@ def load_recipe(name: str):
 def pipeline_rate(dataset, batch_size: int, workers: int, batches: int) -> float:
     """Images/s delivered by a DataLoader over `dataset` (worker start-up and 2 warm-up batches excluded)."""
     loader = torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, shuffle=True, num_workers=workers, collate_fn=ic.collate, drop_last=True
+        dataset, batch_size=batch_size, shuffle=True, num_workers=workers, collate_fn=icd.collate, drop_last=True
     )
     it = iter(loader)
     for _ in range(2):
@@ -67,8 +69,9 @@ def pipeline_rate(dataset, batch_size: int, workers: int, batches: int) -> float
 def step_rate(recipe, batch_size: int, size: int, steps: int, device: torch.device) -> float:
     """Images/s of forward + backward + SGD step of the recipe's full-size model on an in-memory batch."""
     torch.manual_seed(0)
-    model = ic.create_model(recipe, ic.ModelArguments(), recipe.num_classes)
-    wrapped = ic.ImageClassifier(model, recipe.mean, recipe.std, channels_last=True).to(device).train()
+    model_args = parse_args(recipe, [])[1]  # the recipe's defaults
+    model = icm.create_model(model_args, recipe.num_classes)
+    wrapped = icm.ImageClassifier(model, recipe.mean, recipe.std, channels_last=True).to(device).train()
     opt = torch.optim.SGD(wrapped.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     x = torch.randint(0, 256, (batch_size, 3, size, size), dtype=torch.uint8, device=device)
     y = torch.randint(0, recipe.num_classes, (batch_size,), device=device)
@@ -133,7 +136,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         else:
             n = args.images or (4096 if cifar else 1024)
             train = hub_schema.synthetic_split(recipe.dataset_name, n, image_size=None if cifar else (375, 500))
-        dataset = train.with_transform(ic.make_transform(recipe, ic.DataArguments(), train=True))
+        data_args = parse_args(recipe, [])[0]  # the recipe's defaults
+        dataset = train.with_transform(icd.make_transform(recipe.kind, data_args, True, recipe.crop_pct))
         pipe_batch = recipe.batch_size if cifar else 64
         batches = min(args.batches, len(train) // pipe_batch - 3)
         step_batch = args.step_batch or (recipe.batch_size if device.type == "cuda" else (32 if cifar else 8))

@@ -29,6 +29,8 @@ sys.path.insert(0, str(RECIPES))  # the recipes import their shared module as a 
 import aggregate  # noqa: E402
 import hub_schema  # noqa: E402
 import image_classification as ic  # noqa: E402
+from image_classification import data as ic_data  # noqa: E402
+from image_classification import trainer as ic_trainer  # noqa: E402
 
 import hf_autodrop.models  # noqa: E402,F401 - the reload checks need the CIFAR names registered
 
@@ -117,8 +119,8 @@ def reloaded_error(folder: Path, recipe, data_dir: Path) -> float:
     cfg = model.pretrained_cfg
     assert tuple(cfg["mean"]) == tuple(recipe.mean) and tuple(cfg["std"]) == tuple(recipe.std)
     test = datasets.load_from_disk(str(data_dir))[recipe.eval_split]
-    data_args = ic.DataArguments(image_size=cfg["input_size"][-1] if recipe.kind == "imagenet" else None)
-    batch = ic.make_transform(recipe, data_args, train=False)(test[:])
+    data_args = ic.parse_args(recipe, ["--image_size", str(cfg["input_size"][-1])])[0]
+    batch = ic_data.make_transform(recipe.kind, data_args, False, cfg["crop_pct"])(test[:])
     x = (batch["pixel_values"].float() / 255 - torch.tensor(cfg["mean"]).view(1, 3, 1, 1)) / torch.tensor(
         cfg["std"]
     ).view(1, 3, 1, 1)
@@ -237,17 +239,17 @@ def test_paper_defaults_reach_the_trainer(tmp_path):
 
 
 def test_multistep_schedule_is_exact_per_optimizer_step():
-    f = ic.EpochMilestones([60 * 391, 120 * 391, 160 * 391], 0.2)
+    f = ic_trainer.EpochMilestones([60 * 391, 120 * 391, 160 * 391], 0.2)
     assert f(0) == 1.0 and f(60 * 391 - 1) == 1.0
     assert f(60 * 391) == pytest.approx(0.2) and f(120 * 391) == pytest.approx(0.04)
     assert f(200 * 391) == pytest.approx(0.2**3)
-    warm = ic.EpochMilestones([10], 0.1, warmup_steps=4)
+    warm = ic_trainer.EpochMilestones([10], 0.1, warmup_steps=4)
     assert [warm(s) for s in (0, 2, 4, 9, 10)] == pytest.approx([0.0, 0.5, 1.0, 1.0, 0.1])
     # The factor is an object, so the scheduler's checkpoint restores it (resume keeps the schedule).
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, ic.EpochMilestones([3], 0.1))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, ic_trainer.EpochMilestones([3], 0.1))
     state = sched.state_dict()
-    other = torch.optim.lr_scheduler.LambdaLR(opt, ic.EpochMilestones([99], 0.5))
+    other = torch.optim.lr_scheduler.LambdaLR(opt, ic_trainer.EpochMilestones([99], 0.5))
     other.load_state_dict(state)
     assert other.lr_lambdas[0].milestone_steps == [3] and other.lr_lambdas[0].drop_factor == 0.1
 
@@ -255,7 +257,7 @@ def test_multistep_schedule_is_exact_per_optimizer_step():
 def test_random_crop_flip_is_a_padded_crop_per_image():
     torch.manual_seed(0)
     x = torch.arange(2 * 3 * 32 * 32, dtype=torch.int32).reshape(2, 3, 32, 32).to(torch.uint8)
-    out = ic.random_crop_flip(x.repeat(64, 1, 1, 1))
+    out = ic_data.random_crop_flip(x.repeat(64, 1, 1, 1))
     assert out.shape == (128, 3, 32, 32) and out.dtype == torch.uint8
     padded = torch.nn.functional.pad(x.repeat(64, 1, 1, 1), (4, 4, 4, 4))
     for i in range(0, 128, 17):  # every output is some 32x32 window of the padded image, maybe mirrored

@@ -1,34 +1,34 @@
-"""Model folders and cards for the Hub: a timm checkpoint, its training curve, results and a model card.
+"""Publishing: the timm model folder, its model card, and the upload to the Hub.
 
 `write_model_folder` writes everything `timm.create_model("local-dir:<folder>", pretrained=True)` and
 the Hub need, and `push_folder` uploads the same folder, after which anyone can load it with
-`timm.create_model("hf-hub:<repo>", pretrained=True)` (with `hf_autodrop` imported, so that the CIFAR
-architectures are registered):
+`timm.create_model("hf-hub:<repo>", pretrained=True)` (with `hf_autodrop.models` imported where the
+architecture is one of its CIFAR models):
 
 - `config.json` + `model.safetensors`: timm's own export (`timm.models.save_for_hf`);
-- `README.md`: the model card, rendered with `huggingface_hub.ModelCard.from_template` from a Jinja
-  template (the repository's `model_cards/image_classification.md`), whose YAML metadata carries a
-  `model-index` with the test results;
+- `README.md`: the model card, rendered with `huggingface_hub.ModelCard.from_template` from the Jinja
+  template `model_card.md` beside this module, whose YAML metadata carries a `model-index`;
 - `training_curve.png` and `results.json` from the run.
 
-`results` is the dict the recipes write to `results.json`; the keys read here are documented on
-`render_model_card`.
-
-Example:
-    ```python
-    from hf_autodrop import hub
-
-    folder = hub.write_model_folder(model, "out/model", results, curve_path="out/training_curve.png")
-    hub.push_folder(folder, "my-name/resnet18-cifar10-autodrop")
-    ```
+This lives with the recipes, not in the library: the library trains, the recipes publish.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import shutil
 from pathlib import Path
+
+import torch
+
+from .args import DataArguments
+from .data import Splits
+from .recipe import Recipe
+from .results import plot_curves
+
+logger = logging.getLogger("hf_autodrop.recipes")
 
 __all__ = [
     "DEFAULT_TEMPLATE",
@@ -39,8 +39,8 @@ __all__ = [
     "write_model_folder",
 ]
 
-# The template lives beside the recipes, in the repository's model_cards/ folder.
-DEFAULT_TEMPLATE = Path(__file__).resolve().parent.parent / "model_cards" / "image_classification.md"
+# The model card's Jinja template, beside this module.
+DEFAULT_TEMPLATE = Path(__file__).resolve().parent / "model_card.md"
 
 CITATION = """@misc{autodrop,
   title  = {AutoDrop: Training Deep Learning Models with Automatic Learning Rate Drop},
@@ -138,10 +138,7 @@ def render_model_card(
 
     template_path = Path(template_path or DEFAULT_TEMPLATE)
     if not template_path.is_file():
-        raise FileNotFoundError(
-            f"model card template {template_path} not found; pass template_path= (the "
-            "repository's model_cards/image_classification.md)"
-        )
+        raise FileNotFoundError(f"model card template {template_path} not found; pass template_path=")
     paper = results.get("paper") or {}
     paper_rows = [
         {"method": _method_name(k), "value": _fmt(v), "ours": k == paper.get("key")}
@@ -231,3 +228,53 @@ def push_folder(
         repo_id=repo_id, folder_path=str(folder), commit_message=commit_message, repo_type="model"
     )
     return str(getattr(commit, "commit_url", commit))
+
+
+def write_outputs(
+    trainer,
+    results: dict,
+    splits: Splits,
+    recipe: Recipe,
+    data_args: DataArguments,
+    *,
+    push: bool,
+    hub_model_id: str | None,
+    hub_token: str | None,
+    private: bool | None,
+) -> Path:
+    """results.json, the curve, and the timm model folder with its card (pushed when asked)."""
+    out = Path(trainer.args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    curve = plot_curves(results, out / "training_curve.png")
+    folder = out / "model"
+    model = trainer.accelerator.unwrap_model(trainer.model).model
+    model.to(memory_format=torch.contiguous_format)  # training is over; safetensors wants plain tensors
+    size = data_args.image_size or 32
+    results["model_folder"] = str(folder)
+    results["hub_model_id"] = hub_model_id if push else None
+    write_model_folder(
+        model,
+        folder,
+        results,
+        curve_path=curve,
+        repo_id=hub_model_id,
+        label_names=splits.label_names,
+        data_config={
+            "input_size": (3, size, size),
+            "mean": recipe.mean,
+            "std": recipe.std,
+            "crop_pct": recipe.crop_pct,
+            "interpolation": "bilinear",
+        },
+    )
+    (out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    if push:
+        url = push_folder(
+            folder,
+            hub_model_id,
+            token=hub_token,
+            private=private,
+            commit_message=f"{results['title']}: {results['method']}, seed {results['seed']}",
+        )
+        logger.info("Pushed %s to %s", folder, url)
+    return out
