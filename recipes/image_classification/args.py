@@ -49,8 +49,10 @@ class DataArguments:
     max_eval_samples: int | None = field(default=None, metadata={"help": "Use only the first N test images."})
     image_size: int | None = field(
         default=None,
-        metadata={"help": "Training crop and eval centre crop (None: the images' own size)."},
+        metadata={"help": "Training crop and eval centre crop (CIFAR: resize to it; None: the images' own size)."},
     )
+    image_mean: list[float] | None = field(default=None, metadata={"help": "Per-channel mean of the normalisation."})
+    image_std: list[float] | None = field(default=None, metadata={"help": "Per-channel std of the normalisation."})
 
 
 @dataclass
@@ -65,6 +67,40 @@ class ModelArguments:
         metadata={"help": "JSON dict for timm.create_model, merged into the recipe's, e.g. '{\"widen_factor\": 1}'."},
     )
     channels_last: bool = field(default=True, metadata={"help": "Run the model in channels_last memory format."})
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "Weights to start from, or to score with --do_train false: a timm folder, "
+            "local-dir:<folder> or hf-hub:<repo> (its architecture replaces --model_name)."
+        },
+    )
+    update_card: bool = field(
+        default=False,
+        metadata={"help": "--do_train false on a local folder: write the scores into its card's model-index."},
+    )
+
+
+@dataclass
+class AugmentArguments:
+    """timm's training aids; all off by default, so the paper's recipe is unchanged."""
+
+    _argument_group_name = "augmentation (timm)"
+
+    mixup: float = field(default=0.0, metadata={"help": "Mixup alpha (timm.data.Mixup); 0: off. Costs ~nothing."})
+    cutmix: float = field(default=0.0, metadata={"help": "CutMix alpha (timm.data.Mixup); 0: off."})
+    mixup_prob: float = field(default=1.0, metadata={"help": "Probability of mixing a batch (mixup or cutmix)."})
+    rand_augment: str | None = field(
+        default=None,
+        metadata={"help": "timm RandAugment config, e.g. rand-m9-mstd0.5 (CPU cost per image; see README)."},
+    )
+    random_erasing: float = field(
+        default=0.0, metadata={"help": "Random-erasing probability (timm.data.RandomErasing, on the device)."}
+    )
+    model_ema: bool = field(
+        default=False, metadata={"help": "Keep an EMA of the weights (timm.utils.ModelEmaV3); scored at the end."}
+    )
+    model_ema_decay: float = field(default=0.9998, metadata={"help": "EMA decay per optimizer step."})
+    publish_ema: bool = field(default=False, metadata={"help": "Publish the EMA weights instead of the model's."})
 
 
 @dataclass
@@ -90,6 +126,24 @@ class ScheduleArguments:
     )
 
 
+# One-line help for AutoDropConfig's fields (their full documentation is the class's docstring).
+AUTODROP_HELP = {
+    "drop_factor": "rho: the lr is multiplied by this at each drop (both schedules).",
+    "min_lr": "No drop takes the lr below this floor.",
+    "threshold": "theta_0: the saturation test's initial tolerance.",
+    "max_threshold": "theta_max: the tolerance grows towards this after each drop.",
+    "detector": "Saturation test: paper (the paper's |delta omega|) or trend (noise-adaptive).",
+    "trend_window": "trend: intervals in the fitted window.",
+    "trend_z": "trend: standard errors allowed in the slope.",
+    "drop_delay": "n_d: intervals of weight averaging between saturation and the drop.",
+    "interval_steps": "Measure every N optimizer steps (None: once per epoch, or AutoDrop's choice for short runs).",
+    "average_buffers": "Average BN statistics with the weights during the delay.",
+    "dry_run": "Measure and log only; never change the lr.",
+    "stop_when_exhausted": "Stop training once every lr is at its floor.",
+    "offload_to_cpu": "Keep AutoDrop's snapshots in CPU memory.",
+}
+
+
 def _group_options(parser, dataclass_type, title: str, description: str) -> None:
     """Show `dataclass_type`'s options under their own heading in `--help` (parsing is unchanged).
 
@@ -101,6 +155,8 @@ def _group_options(parser, dataclass_type, title: str, description: str) -> None
     group = parser.add_argument_group(title, description)
     for action in list(parser._optionals._group_actions):
         if action.dest in names:
+            if dataclass_type.__name__ == "AutoDropConfig" and action.dest in AUTODROP_HELP:
+                action.help = AUTODROP_HELP[action.dest]
             parser._optionals._group_actions.remove(action)
             group._group_actions.append(action)
 
@@ -119,6 +175,7 @@ def build_parser(recipe: Recipe):
             DataArguments,
             ModelArguments,
             ScheduleArguments,
+            AugmentArguments,
             AutoDropConfig,
             TrainingArguments,
         )
@@ -132,6 +189,8 @@ def build_parser(recipe: Recipe):
         image_column=recipe.image_column,
         label_column=recipe.label_column,
         image_size=recipe.image_size,
+        image_mean=list(recipe.mean),
+        image_std=list(recipe.std),
         model_name=recipe.model_name,
         model_kwargs=json.dumps(recipe.model_kwargs),
         milestones=list(recipe.milestones),
@@ -162,11 +221,13 @@ def build_parser(recipe: Recipe):
         bf16=cuda and torch.cuda.is_bf16_supported(),
         seed=0,
         report_to="none",
+        do_train=True,  # --do_train false scores --model_name_or_path instead
     )
     _group_options(parser, AutoDropConfig, "AutoDrop", "When and how far the lr drops (hf_autodrop.AutoDropConfig).")
     _group_options(
         parser, TrainingArguments, "Trainer", "Every transformers.TrainingArguments option, with the recipe's defaults."
     )
+    parser.usage = "%(prog)s [--option value ...]   (the recipe's options first, then AutoDrop's and the Trainer's)"
     # The real default of --output_dir depends on other options; parse_args fills it in.
     parser.set_defaults(output_dir=f"out/{recipe.name}/<schedule>-rho<drop_factor>-seed<seed>")
     return parser
@@ -177,14 +238,41 @@ def _argv_has(argv: list[str], name: str) -> bool:
 
 
 def parse_args(recipe: Recipe, argv: list[str] | None = None):
-    """The five argument dataclasses, with the recipe's defaults in every unset option."""
+    """`Args`: the six argument dataclasses, with the recipe's defaults in every unset option."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(recipe)
-    data_args, model_args, sched_args, autodrop, training_args = parser.parse_args_into_dataclasses(argv)
+    parsed = Args(*parser.parse_args_into_dataclasses(argv))
     if not _argv_has(argv, "output_dir"):
-        default = default_output_dir(recipe, sched_args.schedule, autodrop.drop_factor, training_args.seed)
+        default = default_output_dir(
+            recipe, parsed.schedule.schedule, parsed.autodrop.drop_factor, parsed.training.seed
+        )
         parser.set_defaults(output_dir=default)
-        data_args, model_args, sched_args, autodrop, training_args = parser.parse_args_into_dataclasses(argv)
+        parsed = Args(*parser.parse_args_into_dataclasses(argv))
     # --model_kwargs adds to (or overrides) the recipe's own keyword arguments.
-    model_args.model_kwargs = json.dumps({**recipe.model_kwargs, **json.loads(model_args.model_kwargs or "{}")})
-    return data_args, model_args, sched_args, autodrop, training_args
+    model_kwargs = json.loads(parsed.model.model_kwargs or "{}")
+    if not isinstance(model_kwargs, dict):
+        raise ValueError(f"--model_kwargs must be a JSON object, got {parsed.model.model_kwargs!r}")
+    parsed.model.model_kwargs = json.dumps({**recipe.model_kwargs, **model_kwargs})
+    for name in ("image_mean", "image_std"):
+        if len(getattr(parsed.data, name)) != 3:
+            raise ValueError(f"--{name} needs 3 values (R G B), got {getattr(parsed.data, name)}")
+    aug = parsed.augment
+    if min(aug.mixup, aug.cutmix, aug.random_erasing) < 0 or not 0 <= aug.random_erasing <= 1:
+        raise ValueError("--mixup and --cutmix must be >= 0 and --random_erasing in [0, 1]")
+    if aug.publish_ema and not aug.model_ema:
+        raise ValueError("--publish_ema needs --model_ema")
+    if not parsed.training.do_train and not parsed.model.model_name_or_path:
+        raise ValueError("--do_train false scores a trained model: pass --model_name_or_path <folder or hf-hub:repo>")
+    return parsed
+
+
+@dataclass
+class Args:
+    """The parsed command line, one dataclass per group."""
+
+    data: DataArguments
+    model: ModelArguments
+    schedule: ScheduleArguments
+    augment: AugmentArguments
+    autodrop: object  # hf_autodrop.AutoDropConfig
+    training: object  # transformers.TrainingArguments

@@ -14,7 +14,7 @@ import torch
 from .recipe import Recipe
 
 
-def _versions() -> dict[str, str]:
+def versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
     for pkg in (
         "hf_autodrop",
@@ -37,7 +37,7 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def _hardware(training_args) -> dict:
+def hardware(training_args) -> dict:
     info = {
         "platform": platform.platform(),
         "machine": platform.machine(),
@@ -68,17 +68,65 @@ def command_line(recipe: Recipe, argv: list[str], training_args) -> str:
     return f"python {script} {shlex.join(argv)}".strip()
 
 
-def summarize(log_history: list[dict], measurements_available: bool) -> dict:
-    """Per-epoch history, drops, final and best test error from a `Trainer`'s `log_history`."""
+def autodrop_drops(log_history: list[dict], learning_rate: float) -> list[dict]:
+    """AutoDrop's drops, from its own `autodrop/*` entries in `log_history` (kept in every checkpoint).
+
+    Each measurement logs `autodrop/num_drops` (drops so far) and `autodrop/lr_scale` (the product of
+    the drop factors applied); a drop is an entry whose count went up, at that entry's step and epoch.
+    """
+    drops, count, scale = [], 0, 1.0
+    for h in log_history:
+        if "autodrop/num_drops" not in h:
+            continue
+        n, new_scale = int(h["autodrop/num_drops"]), float(h["autodrop/lr_scale"])
+        if n > count:
+            drops.append(
+                {
+                    "epoch": h["epoch"],
+                    "step": h["step"],
+                    "lr": learning_rate * new_scale,
+                    "lr_before": learning_rate * scale,
+                }
+            )
+        count, scale = n, new_scale
+    return drops
+
+
+def multistep_drops(
+    milestone_steps: list[int], steps_per_epoch: int, global_step: int, learning_rate: float, drop_factor: float
+) -> list[dict]:
+    """The baseline's drops that this run reached: the scheduler's milestones up to its last step."""
+    drops = []
+    for k, step in enumerate(sorted(milestone_steps)):
+        if step > global_step:
+            break
+        drops.append(
+            {
+                "epoch": step / steps_per_epoch,
+                "step": step,
+                "lr": learning_rate * drop_factor ** (k + 1),
+                "lr_before": learning_rate * drop_factor**k,
+            }
+        )
+    return drops
+
+
+def summarize(log_history: list[dict], drops: list[dict], learning_rate: float, angles_measured: bool) -> dict:
+    """Per-epoch history, final and best test error from a `Trainer`'s `log_history`, with the run's `drops`.
+
+    `history["lr"]` is the lr as a step function: `learning_rate` from epoch 0, then each drop's lr
+    from its epoch on, and the last value at the last logged epoch. `history["trainer_lr"]` holds the
+    `Trainer`'s own `learning_rate` logs, which read the scheduler's last lr: they show an AutoDrop
+    drop only from the next optimizer step on (one logging interval late when logging per epoch).
+    """
     evals = [h for h in log_history if "eval_top1_error" in h]
     losses = [h for h in log_history if "loss" in h and "epoch" in h]
     angles = [h for h in log_history if "autodrop/angle" in h]
-    lrs = [h for h in log_history if "recipe/lr" in h]
-    drops = [
-        {"epoch": h["epoch"], "step": h["step"], "lr": h["recipe/lr_drop"], "lr_before": h["recipe/lr_before"]}
-        for h in log_history
-        if "recipe/lr_drop" in h
-    ]
+    trainer_lr = [{"epoch": h["epoch"], "lr": h["learning_rate"]} for h in log_history if "learning_rate" in h]
+    lrs = [{"epoch": 0.0, "lr": learning_rate}] + [{"epoch": d["epoch"], "lr": d["lr"]} for d in drops]
+    last_epoch = max([h["epoch"] for h in log_history if "epoch" in h] or [0.0])
+    if last_epoch > lrs[-1]["epoch"]:
+        lrs.append({"epoch": last_epoch, "lr": lrs[-1]["lr"]})
     out: dict = {
         "history": {
             "eval": [
@@ -92,7 +140,8 @@ def summarize(log_history: list[dict], measurements_available: bool) -> dict:
                 for h in evals
             ],
             "train_loss": [{"epoch": h["epoch"], "loss": h["loss"]} for h in losses],
-            "lr": [{"epoch": h["epoch"], "lr": h["recipe/lr"]} for h in lrs],
+            "lr": lrs,
+            "trainer_lr": trainer_lr,
             "angle": [
                 {
                     "epoch": h["epoch"],
@@ -103,7 +152,7 @@ def summarize(log_history: list[dict], measurements_available: bool) -> dict:
                 }
                 for h in angles
             ]
-            if measurements_available
+            if angles_measured
             else [],
         },
         "drops": drops,

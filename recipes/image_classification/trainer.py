@@ -1,11 +1,19 @@
-"""Training: the `Trainer` with the paper's weight decay and baseline schedule, and the test metrics."""
+"""Training: the `Trainer` with the paper's weight decay and baseline schedule, and the test metrics.
+
+The metrics go through the `evaluate` library, with a metric module that ships beside this file
+(`metrics/top_k_accuracy.py`), so that scoring never downloads anything. The baseline's schedule is
+torch's `MultiStepLR` over optimizer steps (after an optional `LinearLR` warm-up).
+"""
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
+
+TOP_K_METRIC = Path(__file__).resolve().parent / "metrics" / "top_k_accuracy.py"
 
 
 def top5_indices(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -15,33 +23,42 @@ def top5_indices(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return logits.topk(min(5, logits.shape[-1]), dim=-1).indices
 
 
-def error_metrics(eval_pred) -> dict[str, float]:
-    """Top-1 and top-5 test error in percent."""
-    topk, labels = np.asarray(eval_pred.predictions), np.asarray(eval_pred.label_ids)
-    top1 = float((topk[:, 0] == labels).mean())
-    top5 = float((topk == labels[:, None]).any(axis=1).mean())
-    return {"top1_error": 100.0 * (1.0 - top1), "top5_error": 100.0 * (1.0 - top5)}
+class ErrorMetrics:
+    """`compute_metrics` for the `Trainer`: top-1 and top-5 test error in percent, through `evaluate`."""
+
+    def __init__(self):
+        import evaluate
+
+        # keep_in_memory: no cache files, so several processes (DDP) never share one.
+        self.metric = evaluate.load(str(TOP_K_METRIC), keep_in_memory=True)
+
+    def __call__(self, eval_pred) -> dict[str, float]:
+        topk, labels = np.asarray(eval_pred.predictions), np.asarray(eval_pred.label_ids)
+        scores = self.metric.compute(predictions=topk, references=labels, k=[1, 5])
+        return {
+            "top1_error": 100.0 * (1.0 - scores["top1_accuracy"]),
+            "top5_error": 100.0 * (1.0 - scores["top5_accuracy"]),
+        }
 
 
-class EpochMilestones:
-    """`LambdaLR` factor of the baseline: `drop_factor ** (milestones passed)`, after an optional linear warm-up.
+def multistep_scheduler(optimizer, milestone_steps: list[int], drop_factor: float, warmup_steps: int = 0):
+    """torch's `MultiStepLR` over optimizer steps: the updates after step `m` use the lower lr.
 
-    `step` is the number of optimizer updates done, so the updates of epoch `m + 1` (1-based) are the
-    first to use the lower lr of milestone `m`. A class, not a lambda, so `scheduler.pt` keeps it.
+    With a warm-up, a `LinearLR` chained in front gives the updates 1..warmup_steps the factors
+    1/warmup_steps, 2/warmup_steps, ..., 1 (the Trainer's warm-up, without its first zero-lr update);
+    the factors multiply, so the milestones stay where they are.
     """
+    from torch.optim.lr_scheduler import ChainedScheduler, LinearLR, MultiStepLR
 
-    def __init__(self, milestone_steps: list[int], drop_factor: float, warmup_steps: int = 0):
-        self.milestone_steps = sorted(int(m) for m in milestone_steps)
-        self.drop_factor = float(drop_factor)
-        self.warmup_steps = int(warmup_steps)
-
-    def __call__(self, step: int) -> float:
-        warmup = step / max(1, self.warmup_steps) if step < self.warmup_steps else 1.0
-        return warmup * self.drop_factor ** sum(step >= m for m in self.milestone_steps)
+    multistep = MultiStepLR(optimizer, milestones=sorted(int(m) for m in milestone_steps), gamma=drop_factor)
+    if warmup_steps <= 1:
+        return multistep
+    warmup = LinearLR(optimizer, start_factor=1.0 / warmup_steps, end_factor=1.0, total_iters=warmup_steps - 1)
+    return ChainedScheduler([warmup, multistep], optimizer=optimizer)
 
 
-def _trainer_class():
-    from transformers import Trainer
+def trainer_class():
+    from transformers import Trainer, TrainerCallback
     from transformers.trainer_utils import has_length
 
     class RecipeTrainer(Trainer):
@@ -74,70 +91,34 @@ def _trainer_class():
                 self.steps_per_epoch = max(n // ga + int(n % ga > 0), 1)
             return loader
 
+        @property
+        def milestone_steps(self) -> list[int]:
+            return [m * self.steps_per_epoch for m in self.milestones or []]
+
         def create_scheduler(self, num_training_steps: int, optimizer=None):
             if self.milestones is None:
                 return super().create_scheduler(num_training_steps, optimizer)
             if self.lr_scheduler is None:
                 if not self.steps_per_epoch:
                     raise ValueError("multistep needs the number of steps per epoch; pass --num_train_examples")
-                self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
+                self.lr_scheduler = multistep_scheduler(
                     optimizer or self.optimizer,
-                    EpochMilestones(
-                        [m * self.steps_per_epoch for m in self.milestones],
-                        self.drop_factor,
-                        self.args.get_warmup_steps(num_training_steps),
-                    ),
+                    self.milestone_steps,
+                    self.drop_factor,
+                    self.args.get_warmup_steps(num_training_steps),
                 )
                 self._created_lr_scheduler = True
             return self.lr_scheduler
 
-    return RecipeTrainer
+    class LoopClock(TrainerCallback):
+        """Wall-clock bounds of the training loop (for the GPU-busy fraction in bench/gpu_cifar_epoch.sh)."""
 
+        began_at = ended_at = None
 
-def _lr_tracker():
-    from transformers import TrainerCallback
-
-    class LRTracker(TrainerCallback):
-        """Writes each epoch's lr (`recipe/lr`) and every lr decrease (`recipe/lr_drop`) into `log_history`.
-
-        `log_history` is saved in every checkpoint, so the record survives a resume. A decrease is seen
-        before the next update (or at the end), so the order of the callbacks does not matter (the
-        `Trainer` re-adds a restored AutoDrop callback at the end of the list on resume); it is
-        recorded with the number of updates done when it took effect.
-        """
-
-        def __init__(self):
-            self.last = None
-            self.began_at = self.ended_at = None  # wall-clock bounds of the training loop (GPU busy fraction)
-
-        def _check(self, state, optimizer) -> float:
-            lr = float(optimizer.param_groups[0]["lr"])
-            if self.last is not None and lr < self.last * (1 - 1e-9):
-                state.log_history.append(
-                    {
-                        "recipe/lr_drop": lr,
-                        "recipe/lr_before": self.last,
-                        "epoch": state.epoch,
-                        "step": state.global_step,
-                    }
-                )
-            self.last = lr
-            return lr
-
-        def on_train_begin(self, args, state, control, optimizer=None, **kwargs):
+        def on_train_begin(self, args, state, control, **kwargs):
             self.began_at = time.time()
-            self.last = float(optimizer.param_groups[0]["lr"])
 
-        def on_epoch_begin(self, args, state, control, optimizer=None, **kwargs):
-            lr = self._check(state, optimizer)
-            state.log_history.append({"recipe/lr": lr, "epoch": state.epoch or 0.0, "step": state.global_step})
-
-        def on_step_begin(self, args, state, control, optimizer=None, **kwargs):
-            self._check(state, optimizer)
-
-        def on_train_end(self, args, state, control, optimizer=None, **kwargs):
-            lr = self._check(state, optimizer)
-            state.log_history.append({"recipe/lr": lr, "epoch": state.epoch, "step": state.global_step})
+        def on_train_end(self, args, state, control, **kwargs):
             self.ended_at = time.time()
 
-    return LRTracker()
+    return RecipeTrainer, LoopClock
