@@ -551,7 +551,7 @@ def test_a_run_resumed_after_a_drop_still_reports_it(schedule, hub_data, tmp_pat
     assert (out / f"checkpoint-{stop}").is_dir()
     resumed = module.main(
         module.RECIPE,
-        tiny_args("cifar10_resnet18", data_dir, out, *extra, "--max_steps", "6", "--resume_from_checkpoint", "last"),
+        tiny_args("cifar10_resnet18", data_dir, out, *extra, "--max_steps", "5", "--resume_from_checkpoint", "last"),
     )
     rho, lr0 = module.RECIPE.drop_factor, module.RECIPE.learning_rate
     assert [(d["step"], d["lr_before"]) for d in resumed["drops"]] == [(drop_step, lr0)]
@@ -639,6 +639,7 @@ def test_another_dataset_is_checked_up_front_and_described_as_trained(tmp_path):
     assert card.data.datasets == ["someone/shapes"] and card.data.eval_results[0].dataset_type == "someone/shapes"
     assert "3 classes: circle, square, star" in card.text and "40x40 pixels" in card.text
     assert "CIFAR-10" not in card.text and "Table 1" not in card.text and "4.61" not in card.text
+    assert card.text.splitlines()[1] == "# resnet18_cifar: ResNet-18 on someone/shapes, AutoDrop (rho = 0.2)"
     assert reloaded_error(out / "model", data_dir, "test", "picture", "kind") == pytest.approx(
         results["final_test_error"], abs=1e-9
     )

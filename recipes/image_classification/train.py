@@ -82,6 +82,8 @@ def run(recipe: Recipe, argv: list[str] | None = None) -> dict:
         args.training,
     )
     _setup_logging(training_args)
+    if training_args.dataloader_num_workers == 0:
+        training_args.dataloader_persistent_workers = False  # torch refuses persistent workers without workers
     if not training_args.do_train:
         return evaluate_only(recipe, args, argv)
 
@@ -97,8 +99,6 @@ def run(recipe: Recipe, argv: list[str] | None = None) -> dict:
         )
         logger.info("Will push the model folder to %s", hub_model_id)
 
-    if training_args.dataloader_num_workers == 0:
-        training_args.dataloader_persistent_workers = False  # torch refuses persistent workers without workers
     # The Trainer's label smoother needs a transformers model; the recipe's model smooths its own loss.
     label_smoothing, training_args.label_smoothing_factor = training_args.label_smoothing_factor, 0.0
 
@@ -192,7 +192,9 @@ def run(recipe: Recipe, argv: list[str] | None = None) -> dict:
         drops = autodrop_drops(trainer.state.log_history, lr0)
     results = {
         "recipe": recipe.name,
-        "title": recipe.title,
+        "title": recipe.title
+        if is_paper_dataset
+        else f"{recipe.title.split(' on ')[0]} on {_dataset_pretty(recipe, args)}",
         "model_name": model_args.model_name if not model_args.model_name_or_path else model.default_cfg["architecture"],
         "dataset_name": data_args.dataset_name,
         "dataset_pretty": _dataset_pretty(recipe, args),
