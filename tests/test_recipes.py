@@ -695,7 +695,10 @@ def test_evaluation_only_scores_a_saved_folder_and_updates_its_card(hub_data, tm
 
 
 def test_timm_training_aids_run_and_the_ema_is_published(hub_data, tmp_path):
-    """Every aid on at once (label smoothing, mixup + cutmix, RandAugment, random erasing, EMA), from the command line."""
+    """Every aid on at once (label smoothing, mixup + cutmix, RandAugment, random erasing, EMA), from the command line.
+
+    Gradient checkpointing too: the Trainer's option reaches timm's `set_grad_checkpointing`.
+    """
     module = load_recipe("cifar10_resnet18")
     data_dir = hub_data("uoft-cs/cifar10")
     out = tmp_path / "run"
@@ -714,6 +717,7 @@ def test_timm_training_aids_run_and_the_ema_is_published(hub_data, tmp_path):
         "--model_ema_decay",
         "0.5",
         "--publish_ema",
+        "--gradient_checkpointing",
         "--max_steps",
         "2",
     ]

@@ -259,6 +259,8 @@ def parse_args(recipe: Recipe, argv: list[str] | None = None):
     aug = parsed.augment
     if min(aug.mixup, aug.cutmix, aug.random_erasing) < 0 or not 0 <= aug.random_erasing <= 1:
         raise ValueError("--mixup and --cutmix must be >= 0 and --random_erasing in [0, 1]")
+    if getattr(parsed.training, "use_liger_kernel", False):
+        raise ValueError("--use_liger_kernel patches transformers language models; it does not apply to timm models")
     if aug.publish_ema and not aug.model_ema:
         raise ValueError("--publish_ema needs --model_ema")
     if not parsed.training.do_train and not parsed.model.model_name_or_path:

@@ -44,6 +44,16 @@ class ImageClassifier(nn.Module):
         if channels_last:
             self.model.to(memory_format=torch.channels_last)
 
+    def activation_checkpointing_enable(
+        self, activation_checkpointing_kwargs=None, every_n_layers=1, offload=False, gradient_checkpointing_kwargs=None
+    ):
+        """`--gradient_checkpointing` / `--activation_checkpointing`: timm's own `set_grad_checkpointing`."""
+        if every_n_layers != 1 or offload or activation_checkpointing_kwargs or gradient_checkpointing_kwargs:
+            raise ValueError("timm models checkpoint every block: activation_checkpointing_kwargs is not supported")
+        self.model.set_grad_checkpointing(True)
+
+    gradient_checkpointing_enable = activation_checkpointing_enable  # the name transformers < 5 calls
+
     def state_dict(self, *args, **kwargs):
         # safetensors (the Trainer's checkpoints) refuses channels_last tensors; loading copies them back.
         state = super().state_dict(*args, **kwargs)
