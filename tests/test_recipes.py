@@ -177,6 +177,8 @@ def check_outputs(out: Path, recipe, results: dict, data_dir: Path, args: list[s
     assert top1.dataset_type == recipe.dataset_name and top1.task_type == "image-classification"
     assert card.data.library_name == "timm" and recipe.dataset_name in card.data.datasets
     assert on_disk["command"] in card.text and "How to reproduce" in card.text
+    # Only the CIFAR architectures need hf_autodrop.models to load; timm's resnet18 does not.
+    assert ("import hf_autodrop.models" in card.text) == recipe.model_name.endswith("_cifar")
     paper = recipe.paper[on_disk["paper"]["key"]]
     assert f"{paper[0]:.2f}" in card.text  # the paper's number beside ours
 
@@ -269,6 +271,8 @@ def test_paper_defaults_reach_the_trainer(tmp_path):
         ic.parse_args(recipe, ["--image_mean", "0.5", "0.5"])
     with pytest.raises(ValueError, match="publish_ema needs --model_ema"):
         ic.parse_args(recipe, ["--publish_ema"])
+    with pytest.raises(ValueError, match="--update_card writes the scores"):
+        ic.parse_args(recipe, ["--do_train", "false", "--model_name_or_path", "hf-hub:a/b", "--update_card"])
 
 
 def test_help_shows_the_recipe_options_first_with_their_real_defaults():

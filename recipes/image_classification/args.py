@@ -265,6 +265,15 @@ def parse_args(recipe: Recipe, argv: list[str] | None = None):
         raise ValueError("--publish_ema needs --model_ema")
     if not parsed.training.do_train and not parsed.model.model_name_or_path:
         raise ValueError("--do_train false scores a trained model: pass --model_name_or_path <folder or hf-hub:repo>")
+    if not parsed.training.do_train and parsed.data.streaming:
+        raise ValueError("--do_train false reads the test split as a data set: drop --streaming")
+    if parsed.model.update_card:
+        folder = (parsed.model.model_name_or_path or "").removeprefix("local-dir:")
+        if parsed.training.do_train or not os.path.isdir(folder):
+            raise ValueError(
+                "--update_card writes the scores of --do_train false into a local model folder's card: pass "
+                "--do_train false --model_name_or_path <folder> (download a Hub repo first)"
+            )
     return parsed
 
 

@@ -93,7 +93,8 @@ def run(recipe: Recipe, argv: list[str] | None = None) -> dict:
     training_args.push_to_hub = False
     hub_model_id = None
     if push and training_args.process_index == 0:
-        default_name = f"{model_args.model_name}-{recipe.name.split('_')[0]}-{sched_args.schedule}"
+        data_name = (data_args.dataset_name or Path(data_args.data_dir).name).split("/")[-1]
+        default_name = f"{model_args.model_name}-{data_name}-{sched_args.schedule}"
         hub_model_id, hub_token = publish.prepare_push(
             training_args.hub_model_id, hub_token, training_args.hub_private_repo, default_name
         )
@@ -380,10 +381,8 @@ def evaluate_only(recipe: Recipe, args: Args, argv: list[str]) -> dict:
         out = Path(training_args.output_dir)
         out.mkdir(parents=True, exist_ok=True)
         (out / "eval_results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
-        if args.model.update_card:
+        if args.model.update_card:  # a local folder (checked with the arguments)
             folder = Path(args.model.model_name_or_path.removeprefix("local-dir:"))
-            if not folder.is_dir():
-                raise ValueError("--update_card writes into a local model folder; download the Hub repo first")
             publish.update_card_scores(
                 folder, results, data_args.dataset_name, _dataset_pretty(recipe, args), data_args.eval_split
             )
