@@ -17,7 +17,8 @@ cheaper), or `--data_dir` with a local copy of the real data.
 `--costs` measures instead, side by side on one CIFAR batch of 128 (one thread, milliseconds per
 batch, and the ratio to the recipe's choice), what the pipeline's choices and timm's training aids
 cost: PNG decoding by torchvision (the recipe's) vs PIL; the recipe's batched pad-4 crop + flip vs
-torchvision v2's per-image `RandomCrop` + `RandomHorizontalFlip`; RandAugment (CPU, per batch);
+torchvision v2's per-image `RandomCrop` + `RandomHorizontalFlip`; RandAugment (CPU, per batch); the
+ImageNet-style training transform, timm's `create_transform` (the recipe's) vs torchvision v2's;
 and on the device, relative to one training step of the full-size ResNet-18: random erasing,
 mixup/cutmix and one EMA update.
 
@@ -144,6 +145,15 @@ def costs(device: torch.device, repeats: int = 5) -> list[dict]:
             lambda: [ra(Image.fromarray(im.permute(1, 2, 0).numpy())) for im in batch], repeats
         ),
     }
+    # ImageNet-style training transform on 128 photo-sized JPEGs: timm's (the recipe's) vs torchvision v2's.
+    photos = [
+        im.convert("RGB")
+        for im in hub_schema.synthetic_split("ILSVRC/imagenet-1k", 128, image_size=(375, 500))["image"]
+    ]
+    timm_tf = icd.ImageNetTransform("image", "label", True).transform
+    v2_tf = v2.Compose([v2.RandomResizedCrop(224, antialias=True), v2.RandomHorizontalFlip(), v2.PILToTensor()])
+    cpu["ImageNet train transform: timm create_transform (recipe)"] = _ms(lambda: [timm_tf(p) for p in photos], repeats)
+    cpu["ImageNet train transform: torchvision v2"] = _ms(lambda: [v2_tf(p) for p in photos], repeats)
     torch.set_num_threads(threads)
     rows = [{"what": k, "where": "CPU, 1 thread", "ms": v} for k, v in cpu.items()]
 
@@ -193,6 +203,8 @@ def costs(device: torch.device, repeats: int = 5) -> list[dict]:
             ref, name = base["decode"], "torchvision decode"
         elif r["what"].startswith(("crop", "RandAugment")):
             ref, name = base["crop"], "batched crop+flip"
+        elif r["what"].startswith("ImageNet"):
+            ref, name = cpu["ImageNet train transform: timm create_transform (recipe)"], "timm transform"
         else:
             ref, name = step_ms, "training step"
         r["ratio"] = r["ms"] / ref
