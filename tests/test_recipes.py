@@ -777,10 +777,10 @@ import numpy as np
 import sys
 sys.path.insert(0, {str(RECIPES)!r})
 from image_classification.trainer import ErrorMetrics
-from transformers import EvalPrediction
+from types import SimpleNamespace
 metrics = ErrorMetrics()
 preds = np.array([[1, 0, 2, 3, 4], [0, 1, 2, 3, 4], [9, 8, 7, 6, 5], [2, 1, 0, 3, 4]])
-print(metrics(EvalPrediction(predictions=preds, label_ids=np.array([1, 1, 0, 2]))))
+print(metrics(SimpleNamespace(predictions=preds, label_ids=np.array([1, 1, 0, 2]))))  # an EvalPrediction's fields
 """
     env = _env(HF_HOME=str(tmp_path / "hf_home"), HF_MODULES_CACHE=str(tmp_path / "modules"))
     for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):

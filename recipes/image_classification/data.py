@@ -90,7 +90,7 @@ class CifarTransform:
                 x = torch.stack(
                     [
                         torch.from_numpy(
-                            np.asarray(self.rand_augment(Image.fromarray(im.permute(1, 2, 0).numpy())))
+                            np.array(self.rand_augment(Image.fromarray(im.permute(1, 2, 0).numpy())))
                         ).permute(2, 0, 1)
                         for im in x
                     ]
