@@ -737,6 +737,33 @@ def test_timm_training_aids_run_and_the_ema_is_published(hub_data, tmp_path):
     assert "EMA of the weights (decay 0.5)" in card and "RandAugment `rand-m9-mstd0.5`" in card
 
 
+def test_the_ema_is_saved_with_each_checkpoint_and_restored_on_resume(hub_data, tmp_path, caplog):
+    module = load_recipe("cifar10_resnet18")
+    data_dir = hub_data("uoft-cs/cifar10")
+    out = tmp_path / "run"
+    ema = ["--model_ema", "--model_ema_decay", "0.5", "--save_strategy", "steps", "--save_steps", "1"]
+    module.main(module.RECIPE, tiny_args("cifar10_resnet18", data_dir, out, *ema, "--max_steps", "1"))
+    saved = out / "checkpoint-1" / "model_ema.safetensors"
+    assert saved.is_file()
+    from safetensors.torch import load_file
+
+    weights = load_file(str(saved))
+    model = timm.create_model("resnet18_cifar", channels=(8, 16, 32, 64))
+    assert set(weights) == set(model.state_dict())  # the timm model's own keys
+    caplog.set_level("WARNING", logger="hf_autodrop.recipes")
+    resumed = module.main(
+        module.RECIPE,
+        tiny_args("cifar10_resnet18", data_dir, out, *ema, "--max_steps", "2", "--resume_from_checkpoint", "last"),
+    )
+    assert resumed["ema"]["decay"] == 0.5 and "EMA restarts" not in caplog.text
+    (out / "checkpoint-2" / "model_ema.safetensors").unlink()  # a checkpoint without it: said, not silent
+    module.main(
+        module.RECIPE,
+        tiny_args("cifar10_resnet18", data_dir, out, *ema, "--max_steps", "3", "--resume_from_checkpoint", "last"),
+    )
+    assert "the EMA restarts from the resumed weights" in caplog.text
+
+
 def test_image_classifier_losses_follow_the_aids():
     torch.manual_seed(0)
     from timm.data import Mixup
