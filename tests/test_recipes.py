@@ -674,6 +674,28 @@ def test_evaluation_only_scores_a_saved_folder_and_updates_its_card(hub_data, tm
     assert scored["top5_error"] == pytest.approx(trained["final_top5_error"], abs=1e-9)
     assert json.loads((tmp_path / "eval" / "eval_results.json").read_text())["num_examples"] == N_EVAL
     assert (folder / "model.safetensors").read_bytes() == before and not (tmp_path / "eval" / "model").exists()
+    # The same folder as a Hub repo (`<owner>/<name>`, from a populated Hub cache: no network), on the command line.
+    commit = "0" * 40
+    repo = tmp_path / "hub_cache" / "models--someone--r18-cifar10"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    (repo / "snapshots" / commit).mkdir(parents=True)
+    for f in folder.iterdir():
+        (repo / "snapshots" / commit / f.name).write_bytes(f.read_bytes())
+    cmd = [
+        sys.executable,
+        str(RECIPES / "cifar10_resnet18.py"),
+        *tiny_args("cifar10_resnet18", data_dir, tmp_path / "eval_hub", "--do_train", "false"),
+        "--model_name_or_path",
+        "someone/r18-cifar10",
+    ]
+    proc = subprocess.run(
+        cmd, cwd=REPO, env=_env(HF_HUB_CACHE=str(tmp_path / "hub_cache")), capture_output=True, text=True, timeout=240
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    from_hub = json.loads((tmp_path / "eval_hub" / "eval_results.json").read_text())
+    assert from_hub["top1_error"] == pytest.approx(trained["final_test_error"], abs=1e-9)
+    assert from_hub["architecture"] == "resnet18_cifar"
     # Another split, written into the card's model-index beside the test result.
     scored = module.main(
         module.RECIPE,
