@@ -7,9 +7,9 @@ import json
 import pytest
 import timm
 import torch
+from timm.models import save_for_hf
 
 import hf_autodrop.models  # registers the architectures
-from hf_autodrop import hub
 
 # The integration-facts note: the standard CIFAR architectures, exact.
 PAPER_COUNTS = {
@@ -63,10 +63,11 @@ def test_wide_resnet_blocks_are_preactivation_with_projection_shortcuts():
 
 
 def _save(model, folder):
-    return hub.save_timm_folder(
+    save_for_hf(
         model,
-        folder,
-        label_names=[f"class_{i}" for i in range(model.num_classes)],
+        str(folder),
+        safe_serialization=True,
+        model_config={"label_names": [f"class_{i}" for i in range(model.num_classes)]},
         data_config={
             "input_size": (3, 32, 32),
             "mean": hf_autodrop.models.CIFAR10_MEAN,
@@ -74,6 +75,7 @@ def _save(model, folder):
             "crop_pct": 1.0,
         },
     )
+    return folder
 
 
 @pytest.mark.parametrize("name", ["resnet18_cifar", "wrn28_10_cifar"])

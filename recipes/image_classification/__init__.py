@@ -1,0 +1,20 @@
+"""The shared image-classification training behind every recipe: timm model + `datasets` data + `Trainer` + AutoDrop.
+
+Each recipe file (`recipes/cifar10_resnet18.py`, ...) holds one `Recipe` (the paper's setup for one
+row of Table 1) and calls `main(recipe)`. The modules, one concern each:
+
+- `recipe.py`: `Recipe`, and what each data set contributes (`DATA_SETS`, `CIFAR_PROTOCOL`);
+- `args.py`: the command line, with the recipe's values as its defaults (applied there, once);
+- `data.py`: `datasets` loading and the lazy uint8 transforms;
+- `model.py`: the timm model behind the `Trainer`'s interface;
+- `trainer.py`: the `Trainer` with the paper's weight decay, the baseline schedule, the metrics;
+- `results.py`: `results.json`'s fields from the log history, and the training curve;
+- `publish.py` + `model_card.md`: the timm folder, the model card and the Hub upload;
+- `train.py`: `run`/`main`, which puts them together.
+"""
+
+from .args import parse_args
+from .recipe import CIFAR_PROTOCOL, DATA_SETS, Recipe
+from .train import main, run
+
+__all__ = ["CIFAR_PROTOCOL", "DATA_SETS", "Recipe", "main", "parse_args", "run"]
