@@ -590,7 +590,9 @@ class AutoDrop:
         """The checksums of the state tensors, and the fingerprint of the parameters they were saved with."""
         for name, expected in state["checksums"].items():
             tensors = state[name]
-            actual = None if tensors is None else [word_sum(t) if isinstance(t, torch.Tensor) else None for t in tensors]
+            actual = (
+                None if tensors is None else [word_sum(t) if isinstance(t, torch.Tensor) else None for t in tensors]
+            )
             if actual != expected:
                 raise ValueError(
                     f"AutoDrop state tensor '{name}' fails its checksum (saved {expected}, read {actual}): the "
