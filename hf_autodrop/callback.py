@@ -160,12 +160,6 @@ class AutoDropCallback(TrainerCallback, ExportableState):
         self._written_step = self._staged_step = None
         checkpoint, self._checkpoint = self._checkpoint, None  # consumed by this train() only
         resume_dir = _trainer_local("resume_from_checkpoint", str)
-        if resume_dir is not None and state.global_step == 0:
-            raise ValueError(
-                f"The Trainer resumes from {resume_dir}, which has no trainer_state.json: that checkpoint is "
-                "incomplete (its save was interrupted), and the Trainer would restart from step 0 with its "
-                "weights. Delete it and resume from the previous checkpoint."
-            )
         if model is None or optimizer is None:
             raise RuntimeError("AutoDropCallback needs the Trainer's model and optimizer at train start")
         self.autodrop = AutoDrop(model, optimizer, lr_scheduler, self.config)

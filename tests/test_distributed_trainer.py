@@ -79,7 +79,7 @@ def test_each_process_resumes_from_its_own_state_file(runs):
     ]
     for rank in (0, 1):
         full, resumed = ddp["full", rank], ddp["resumed", rank]
-        assert resumed["measurements"] == full["measurements"][RESUME_EPOCH:]
+        assert resumed["measurements"] == full["measurements"]  # the history up to the checkpoint comes back too
         assert resumed["params"] == full["params"]
 
 
