@@ -6,9 +6,11 @@ name, so both run in the same process on the same model, interleaved. Prints, pe
 - state_dict: `state_dict()` (now with a checksum of every state tensor and the parameters' fingerprint);
 - save: the whole save of one process's state file, as the Trainer callback does it: baseline `torch.save`
   to the final path; now `torch.save` to a temporary name, flush + fsync, rename, fsync of the folder.
-  `save, no fsync` is the new save without the two fsyncs, to show what durability itself costs.
+  `save, no fsync` is the new save without the two fsyncs, to show what durability itself costs;
+- checkpoint: one whole Trainer checkpoint (model, SGD-momentum optimizer, scheduler, RNG, trainer_state.json)
+  with the baseline's AutoDropCallback against this one's (`--trainer`, needs transformers).
 
-    python bench/reliability_cost.py [--baseline main] [--sizes 1e6 1e7 1e8] [--repeats 5]
+    python bench/reliability_cost.py [--baseline main] [--sizes 1e6 1e7 1e8] [--repeats 5] [--trainer]
 """
 
 from __future__ import annotations
@@ -102,11 +104,62 @@ def measure(base, n_params: int, repeats: int, folder: str) -> dict:
     return m
 
 
+def measure_checkpoint(base, n_params: int, repeats: int, folder: str) -> tuple[float, float]:
+    """Median seconds of one Trainer checkpoint save with the baseline's callback and with this one's."""
+    from transformers import Trainer, TrainingArguments
+
+    from hf_autodrop import AutoDropCallback
+
+    class Data(torch.utils.data.Dataset):
+        def __len__(self):
+            return 8
+
+        def __getitem__(self, i):
+            return {"x": torch.randn(width)}
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = _model(n_params)
+
+        def forward(self, x):
+            return {"loss": self.body(x).pow(2).mean()}
+
+    width = 1024 if n_params >= 10**7 else 256
+    trainers = []
+    for name, callback in (("base", base.AutoDropCallback()), ("now", AutoDropCallback())):
+        args = TrainingArguments(
+            os.path.join(folder, name),
+            max_steps=1,
+            per_device_train_batch_size=8,
+            lr_scheduler_type="constant",
+            optim="sgd",
+            save_strategy="no",
+            report_to=[],
+            use_cpu=True,
+            disable_tqdm=True,
+        )
+        trainer = Trainer(model=Net(), args=args, train_dataset=Data(), callbacks=[callback])
+        trainer.train()  # builds AutoDrop; the checkpoints below are written by hand
+        trainers.append(trainer)
+
+    def save(trainer):
+        trainer._save_checkpoint(trainer.model, None)
+        trainer.callback_handler.on_save(trainer.args, trainer.state, trainer.control)
+
+    times = {0: [], 1: []}
+    for _ in range(repeats):
+        for i, trainer in enumerate(trainers):
+            times[i].append(_timed(lambda t=trainer: save(t)))
+    return statistics.median(times[0]), statistics.median(times[1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--baseline", default="main")
     parser.add_argument("--sizes", type=float, nargs="+", default=[1e6, 1e7, 1e8])
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--trainer", action="store_true", help="also time whole Trainer checkpoints")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         base = _baseline(args.baseline, Path(tmp))
@@ -136,6 +189,11 @@ def main() -> None:
                     r["save_nofsync"] / r["save_old"],
                 )
             )
+        if args.trainer:
+            print(f"{'params':>12}{'checkpoint base':>17}{'checkpoint now':>16}{'ratio':>8}")
+            for size in args.sizes:
+                old, new = measure_checkpoint(base, int(size), args.repeats, tmp)
+                print(f"{int(size):>12,}{old:>17.4f}{new:>16.4f}{new / old:>8.3f}")
 
 
 if __name__ == "__main__":

@@ -266,7 +266,7 @@ class AutoDropCallback(TrainerCallback, ExportableState):
         if self.autodrop.rank != 0:
             try:
                 _atomic_save(self._payload(), self._staging_path(self.autodrop.rank))
-            except OSError as err:
+            except Exception as err:  # noqa: BLE001 - reported on every process, never left to hang the others
                 error = f"{type(err).__name__}: {err}"
         failed = [r for r, code in enumerate(agree(int(error is not None))) if code]
         if failed:
@@ -463,7 +463,7 @@ class AutoDropCallback(TrainerCallback, ExportableState):
                 rejected.append(f"{path} is not an AutoDrop state file")
                 continue
             found = (payload.get("run_id"), payload.get("global_step"), payload["autodrop"].get("interval"))
-            wanted = (info["run_id"], info.get("global_step", payload.get("global_step")), info["interval"])
+            wanted = (info["run_id"], state.global_step, info["interval"])
             if found != wanted:
                 rejected.append(
                     f"{path} belongs to another run or step (run {found[0]}, step {found[1]}, interval {found[2]}; "
