@@ -19,6 +19,7 @@ import argparse
 import importlib
 import io
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -89,6 +90,14 @@ def measure(base, n_params: int, repeats: int, folder: str) -> dict:
         finally:
             os.fsync = fsync
 
+    def fresh(fn):
+        # Every save goes to a new file, as in a run (each checkpoint is a new folder): rewriting an existing
+        # file would make some filesystems (ext4's auto_da_alloc) flush it on close, like an fsync.
+        for name in ("old.pt", "new.pt"):
+            if os.path.exists(os.path.join(folder, name)):
+                os.unlink(os.path.join(folder, name))
+        return _timed(fn)
+
     t = {k: [] for k in ("step_old", "step_new", "sd_old", "sd_new", "save_old", "save_new", "save_nofsync")}
     for _ in range(repeats):  # interleaved, so that drift hits both alike
         interval()
@@ -96,9 +105,9 @@ def measure(base, n_params: int, repeats: int, folder: str) -> dict:
         t["step_new"].append(_timed(new.step))
         t["sd_old"].append(_timed(old.state_dict))
         t["sd_new"].append(_timed(new.state_dict))
-        t["save_old"].append(_timed(save_old))
-        t["save_new"].append(_timed(save_new))
-        t["save_nofsync"].append(_timed(save_new_no_fsync))
+        t["save_old"].append(fresh(save_old))
+        t["save_new"].append(fresh(save_new))
+        t["save_nofsync"].append(fresh(save_new_no_fsync))
     m = {k: statistics.median(v) for k, v in t.items()}
     m["params"] = sum(p.numel() for p in params)
     return m
@@ -150,6 +159,10 @@ def measure_checkpoint(base, n_params: int, repeats: int, folder: str) -> tuple[
     times = {0: [], 1: []}
     for _ in range(repeats):
         for i, trainer in enumerate(trainers):
+            # A new checkpoint folder each time, as in a run; the previous one is deleted untimed.
+            previous = os.path.join(trainer.args.output_dir, f"checkpoint-{trainer.state.global_step}")
+            shutil.rmtree(previous, ignore_errors=True)
+            trainer.state.global_step += 1
             times[i].append(_timed(lambda t=trainer: save(t)))
     return statistics.median(times[0]), statistics.median(times[1])
 

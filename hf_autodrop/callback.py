@@ -6,6 +6,7 @@ import logging
 import math
 import os
 import sys
+import threading
 import uuid
 import weakref
 from dataclasses import asdict
@@ -121,7 +122,8 @@ class AutoDropCallback(TrainerCallback, ExportableState):
         self._every: int | None = None  # optimizer steps per interval; None = once per epoch
         self._training = False  # between on_train_begin and on_train_end
         self._written_step: int | None = None  # the step whose state this process last wrote into a checkpoint
-        self._staged_step: int | None = None  # the step whose state this process last staged (several processes)
+        self._staged_step: int | None = None  # the step whose state this process last staged
+        self._flushing: _Flush | None = None  # process zero's staged file on its way to the disk
 
     # ------------------------------------------------------------------ ExportableState
     def state(self) -> dict:
@@ -157,7 +159,7 @@ class AutoDropCallback(TrainerCallback, ExportableState):
         self._claim(state)
         self._check_schedule(args)
         self._output_dir, self._global_step = args.output_dir, state.global_step
-        self._written_step = self._staged_step = None
+        self._written_step = self._staged_step = self._flushing = None
         checkpoint, self._checkpoint = self._checkpoint, None  # consumed by this train() only
         resume_dir = _trainer_local("resume_from_checkpoint", str)
         if model is None or optimizer is None:
@@ -238,10 +240,11 @@ class AutoDropCallback(TrainerCallback, ExportableState):
         # TrainerState also calls state() when it is built; only a checkpoint being written is saved into.
         if not self._training or self._written_step == self._global_step or not os.path.isdir(folder):
             return
-        self._write(self._state_path(self._output_dir, self._global_step))
         for rank in range(self.autodrop.world_size):
-            if rank != self.autodrop.rank:
-                self._move_staged(rank)
+            self._move_staged(rank)
+        path = self._state_path(self._output_dir, self._global_step)
+        if self._staged_step != self._global_step or not os.path.isfile(path):
+            self._write(path)  # a save decided after on_step_end/on_epoch_end: nothing was staged
         self._written_step = self._global_step
 
     def _staging_path(self, rank: int) -> str:
@@ -249,37 +252,40 @@ class AutoDropCallback(TrainerCallback, ExportableState):
         return os.path.join(self._output_dir, ".autodrop-staging", f"checkpoint-{self._global_step}", name)
 
     def _stage_if_saving(self, control) -> None:
-        """With several processes, each writes its state before the Trainer's save, to a staging folder.
+        """When the Trainer is about to save, write this process's state to a staging folder first.
 
-        Process zero moves the staged files into the checkpoint before it writes `trainer_state.json`;
-        one collective first makes sure every process staged its file (or all stop with one error).
+        Process zero's file is flushed to disk on a background thread while the Trainer writes the model
+        and optimizer, and moved into the checkpoint (from `state()`) just before `trainer_state.json`:
+        the durability costs little time. With several processes the others stage theirs durably, and
+        one collective makes sure every process staged its file (or all stop with one error) before
+        process zero moves them in.
         """
-        if (
-            self.autodrop is None
-            or self.autodrop.world_size == 1
-            or not control.should_save
-            or self._staged_step == self._global_step
-        ):
+        if self.autodrop is None or not control.should_save or self._staged_step == self._global_step:
             return
         self._staged_step = self._global_step
+        rank = self.autodrop.rank
         error = None
-        if self.autodrop.rank != 0:
-            try:
-                _atomic_save(self._payload(), self._staging_path(self.autodrop.rank))
-            except Exception as err:  # noqa: BLE001 - reported on every process, never left to hang the others
-                error = f"{type(err).__name__}: {err}"
+        try:
+            _atomic_save(self._payload(), self._staging_path(rank), fsync=rank != 0)
+            if rank == 0:
+                self._flushing = _Flush(self._staging_path(rank))
+        except Exception as err:  # noqa: BLE001 - reported on every process, never left to hang the others
+            error = err
         failed = [r for r, code in enumerate(agree(int(error is not None))) if code]
         if failed:
             raise RuntimeError(
                 f"AutoDrop could not stage its state for checkpoint-{self._global_step} on process(es) {failed}"
-                + (f" (this one: {error})" if error else "")
-                + "; every process stops so that no checkpoint misses a process's AutoDrop state. Free disk "
-                "space (or fix the output_dir's permissions) and resume from the last checkpoint."
-            )
+                + (f" (this one: {type(error).__name__}: {error})" if error else "")
+                + "; training stops so that no checkpoint misses AutoDrop's state. Free disk space (or fix the "
+                "output_dir's permissions) and resume from the last checkpoint."
+            ) from error
 
     def _move_staged(self, rank: int) -> None:
         """Move process `rank`'s staged file for this step into the checkpoint, if it is (still) staged."""
         staged = self._staging_path(rank)
+        if rank == self.autodrop.rank and self._flushing is not None:
+            flushing, self._flushing = self._flushing, None
+            flushing.wait()  # on disk before the checkpoint points to it
         if not os.path.isfile(staged):
             return
         target = self._state_path(self._output_dir, self._global_step, rank)
@@ -523,8 +529,8 @@ def _checked_entry(info) -> dict:
     return info
 
 
-def _atomic_save(payload: dict, path: str) -> None:
-    """`torch.save` to a temporary name in the same folder, flushed to disk, then renamed into place."""
+def _atomic_save(payload: dict, path: str, fsync: bool = True) -> None:
+    """`torch.save` to a temporary name in the same folder, flushed (to disk with `fsync`), renamed into place."""
     folder = os.path.dirname(path)
     os.makedirs(folder, exist_ok=True)
     tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp-{os.getpid()}")
@@ -532,13 +538,38 @@ def _atomic_save(payload: dict, path: str) -> None:
         with open(tmp, "wb") as f:
             torch.save(payload, f)
             f.flush()
-            os.fsync(f.fileno())
+            if fsync:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
     _fsync_dir(folder)
+
+
+class _Flush:
+    """`fsync` of a written file on a background thread (the GIL is released while the disk works)."""
+
+    def __init__(self, path: str):
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(path,), name="autodrop-fsync", daemon=True)
+        self._thread.start()
+
+    def _run(self, path: str) -> None:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except BaseException as err:  # noqa: BLE001 - re-raised in the training thread by wait()
+            self._error = err
+
+    def wait(self) -> None:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
 
 
 def _fsync_dir(folder: str) -> None:

@@ -71,13 +71,25 @@ class TestKilledSaves:
     def test_kill_inside_autodrop_save_leaves_the_previous_checkpoint_intact(self, straight, tmp_path):
         _, full, full_params = straight
         _kill(tmp_path, "inside-autodrop-save", self.KILL)
+        # AutoDrop writes its state before the Trainer starts the checkpoint: the half-written file is a
+        # temporary one in the staging folder, and the newest checkpoint is the previous, intact one
+        # (save_total_limit=1 deletes old checkpoints only after a new one is complete).
+        previous = tmp_path / f"checkpoint-{self.KILL - STEPS_PER_EPOCH}"
+        assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == [previous.name]
+        assert list(tmp_path.glob(f".autodrop-staging/checkpoint-{self.KILL}/.autodrop_state.pt.tmp-*"))
+        resumed = killed_run.trainer(str(tmp_path), save_strategy="no")
+        resumed.train(resume_from_checkpoint=True)
+        assert resumed.state.global_step == killed_run.EPOCHS * STEPS_PER_EPOCH
+        _same_run(resumed, full, full_params)
+
+    def test_kill_before_trainer_state_leaves_the_previous_checkpoint_intact(self, straight, tmp_path):
+        _, full, full_params = straight
+        _kill(tmp_path, "before-trainer-state", self.KILL)
         broken = tmp_path / f"checkpoint-{self.KILL}"
         previous = tmp_path / f"checkpoint-{self.KILL - STEPS_PER_EPOCH}"
-        # save_total_limit=1 deletes old checkpoints only after the new one is complete.
         assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == [previous.name, broken.name]
-        assert not (broken / STATE_FILE).exists() and not (broken / "trainer_state.json").exists()
-        assert [p.name for p in broken.glob(".autodrop_state.pt.tmp-*")]  # the half-written file, under a temp name
-        assert (previous / STATE_FILE).is_file()
+        assert (broken / STATE_FILE).is_file() and not (broken / "trainer_state.json").exists()
+        assert (previous / STATE_FILE).is_file() and (previous / "trainer_state.json").is_file()
         # resume_from_checkpoint=True picks the newest folder, which is incomplete: the Trainer itself refuses it.
         with pytest.raises(FileNotFoundError, match="trainer_state.json"):
             killed_run.trainer(str(tmp_path)).train(resume_from_checkpoint=True)

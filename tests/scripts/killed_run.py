@@ -3,8 +3,10 @@
 Usage: python tests/scripts/killed_run.py OUT_DIR MOMENT KILL_STEP
 MOMENT is where process KILL_STEP's checkpoint save is cut short by SIGKILL:
 - "inside-autodrop-save": AutoDrop's state file half written (the bytes so far flushed to disk);
+- "before-trainer-state": the Trainer wrote the model, optimizer, RNG and AutoDrop files, not yet
+  trainer_state.json;
 - "after-trainer-state": right after the Trainer wrote the checkpoint's trainer_state.json (where the
-  AutoDrop state used to be written only later, from on_save).
+  AutoDrop state used to be written only later, from on_save), before old checkpoints are deleted.
 The tests build the uninterrupted reference run in-process with `trainer()`.
 """
 
@@ -50,17 +52,19 @@ def main() -> None:
             return save(obj, f, *args, **kwargs)
 
         torch.save = half_then_die
-    elif moment == "after-trainer-state":
+    elif moment in ("before-trainer-state", "after-trainer-state"):
         from transformers import TrainerState
 
         save_to_json = TrainerState.save_to_json
 
-        def write_then_die(self, path):
+        def die_around_the_write(self, path):
+            if self.global_step == kill_step and moment == "before-trainer-state":
+                _kill()
             save_to_json(self, path)
             if self.global_step == kill_step:
                 _kill()
 
-        TrainerState.save_to_json = write_then_die
+        TrainerState.save_to_json = die_around_the_write
     else:
         raise SystemExit(f"unknown moment {moment!r}")
     t.train()
