@@ -7,8 +7,9 @@ name, so both run in the same process on the same model, interleaved. Prints, pe
 - save: the whole save of one process's state file, as the Trainer callback does it: baseline `torch.save`
   to the final path; now `torch.save` to a temporary name, flush + fsync, rename, fsync of the folder.
   `save, no fsync` is the new save without the two fsyncs, to show what durability itself costs;
-- checkpoint: one whole Trainer checkpoint (model, SGD-momentum optimizer, scheduler, RNG, trainer_state.json)
-  with the baseline's AutoDropCallback against this one's (`--trainer`, needs transformers).
+- checkpoint: one whole Trainer checkpoint save as a run does it (on_step_end, the model, SGD optimizer,
+  scheduler, RNG and trainer_state.json files, on_save) with the baseline's AutoDropCallback against this
+  one's, with `durable` fsyncs and without (`--trainer`, needs transformers).
 
     python bench/reliability_cost.py [--baseline main] [--sizes 1e6 1e7 1e8] [--repeats 5] [--trainer]
 """
@@ -113,8 +114,8 @@ def measure(base, n_params: int, repeats: int, folder: str) -> dict:
     return m
 
 
-def measure_checkpoint(base, n_params: int, repeats: int, folder: str) -> tuple[float, float]:
-    """Median seconds of one Trainer checkpoint save with the baseline's callback and with this one's."""
+def measure_checkpoint(base, n_params: int, repeats: int, folder: str) -> tuple[float, float, float]:
+    """Median seconds of one Trainer checkpoint save: baseline callback, this one, this one without fsync."""
     from transformers import Trainer, TrainingArguments
 
     from hf_autodrop import AutoDropCallback
@@ -136,7 +137,10 @@ def measure_checkpoint(base, n_params: int, repeats: int, folder: str) -> tuple[
 
     width = 1024 if n_params >= 10**7 else 256
     trainers = []
-    for name, callback in (("base", base.AutoDropCallback()), ("now", AutoDropCallback())):
+    durable = AutoDropCallback()
+    fast = AutoDropCallback()
+    fast.durable = False
+    for name, callback in (("base", base.AutoDropCallback()), ("now", durable), ("now-nofsync", fast)):
         args = TrainingArguments(
             os.path.join(folder, name),
             max_steps=1,
@@ -152,11 +156,21 @@ def measure_checkpoint(base, n_params: int, repeats: int, folder: str) -> tuple[
         trainer.train()  # builds AutoDrop; the checkpoints below are written by hand
         trainers.append(trainer)
 
+    for trainer in trainers:  # as in the middle of a run: no measurement due, a save due
+        callback = next(c for c in trainer.callback_handler.callbacks if type(c).__name__ == "AutoDropCallback")
+        callback._every = None
+        callback._training = True
+
     def save(trainer):
+        # What the Trainer runs for a save at the end of a step: the callbacks' on_step_end (where this
+        # checkout stages its file and starts flushing it), the checkpoint, then on_save (where the
+        # baseline wrote its file).
+        trainer.control.should_save = True
+        trainer.callback_handler.on_step_end(trainer.args, trainer.state, trainer.control)
         trainer._save_checkpoint(trainer.model, None)
         trainer.callback_handler.on_save(trainer.args, trainer.state, trainer.control)
 
-    times = {0: [], 1: []}
+    times = {0: [], 1: [], 2: []}
     for _ in range(repeats):
         for i, trainer in enumerate(trainers):
             # A new checkpoint folder each time, as in a run; the previous one is deleted untimed.
@@ -164,7 +178,7 @@ def measure_checkpoint(base, n_params: int, repeats: int, folder: str) -> tuple[
             shutil.rmtree(previous, ignore_errors=True)
             trainer.state.global_step += 1
             times[i].append(_timed(lambda t=trainer: save(t)))
-    return statistics.median(times[0]), statistics.median(times[1])
+    return tuple(statistics.median(times[i]) for i in range(3))
 
 
 def main() -> None:
@@ -203,10 +217,10 @@ def main() -> None:
                 )
             )
         if args.trainer:
-            print(f"{'params':>12}{'checkpoint base':>17}{'checkpoint now':>16}{'ratio':>8}")
+            print(f"{'params':>12}{'checkpoint base':>17}{'checkpoint now':>16}{'ratio':>8}{'ratio no fsync':>16}")
             for size in args.sizes:
-                old, new = measure_checkpoint(base, int(size), args.repeats, tmp)
-                print(f"{int(size):>12,}{old:>17.4f}{new:>16.4f}{new / old:>8.3f}")
+                old, new, fast = measure_checkpoint(base, int(size), args.repeats, tmp)
+                print(f"{int(size):>12,}{old:>17.4f}{new:>16.4f}{new / old:>8.3f}{fast / old:>16.3f}")
 
 
 if __name__ == "__main__":
