@@ -477,3 +477,22 @@ def test_config_changes_in_a_custom_loop_load(autodrop_logs):
     assert "min_lr 0.001 -> 0.05" in autodrop_logs.text
     with pytest.raises(ValueError, match="trend_window"):
         AutoDrop(params, opt, trend_window=20).load_state_dict(state)
+
+
+@pytest.mark.parametrize("durable", [True, False])
+def test_a_save_decided_after_the_step_and_without_fsync_still_resumes_exactly(straight, tmp_path, durable):
+    """save_strategy="best" decides to save after evaluating, so nothing was staged: state() writes the file."""
+    _, full, full_params = straight
+    callback = AutoDropCallback(**killed_run.CONFIG)
+    callback.durable = durable
+    best = dict(save_strategy="best", eval_strategy="epoch", metric_for_best_model="loss", greater_is_better=False)
+    run = killed_run.trainer(str(tmp_path), callback=callback, **best)
+    run.train()
+    saved = sorted(int(p.name.split("-")[1]) for p in tmp_path.glob("checkpoint-*"))
+    assert saved and all((tmp_path / f"checkpoint-{s}" / STATE_FILE).is_file() for s in saved)
+    assert not (tmp_path / ".autodrop-staging").exists()
+    resumed = killed_run.trainer(str(tmp_path), save_strategy="no", eval_strategy="epoch")
+    resumed.train(resume_from_checkpoint=str(tmp_path / f"checkpoint-{saved[0]}"))
+    assert _clean(autodrop_entries(resumed)) == _clean(autodrop_entries(full))
+    for p, q in zip(resumed.model.parameters(), full_params):
+        assert torch.equal(p.detach(), q)
