@@ -1,6 +1,8 @@
-"""Float32 copies of a list of tensors, one contiguous buffer per device, and the running average.
+"""Copies of a list of tensors, one contiguous buffer per device and precision, and the running average.
 
-One flat buffer per device turns every per-interval operation into a handful of large kernels
+Float64 tensors are copied in float64 (a float32 copy would round updates of 1e-7 relative size and,
+at a drop, the weights themselves); every other floating dtype in float32. One flat buffer per
+(device, precision) turns every per-interval operation into a handful of large kernels
 (`torch._foreach_*` to move between the parameters and the buffer, one elementwise op or chunked
 dot on the buffer itself), whatever the number of parameter tensors.
 
@@ -23,47 +25,56 @@ from .angles import _CHUNK, partial_sums
 __all__ = ["FlatCopy", "OffloadedFlatCopy"]
 
 
-class FlatCopy:
-    """A float32 copy of `tensors` laid out in one flat buffer per device.
+def copy_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The precision AutoDrop keeps a tensor of `dtype` in: float64 for float64, else float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
-    `views[i]` has the shape of `tensors[i]` and aliases the buffer of its device.
+
+class FlatCopy:
+    """A copy of `tensors` laid out in one flat buffer per (device, precision) (see `copy_dtype`).
+
+    `views[i]` has the shape of `tensors[i]` and aliases the buffer of its device and precision;
+    `devices[j]` and `dtypes[j]` describe `flats[j]`.
     """
 
     def __init__(self, tensors: Sequence[torch.Tensor], counted: Sequence[bool] | None = None):
         self.shapes = [tuple(t.shape) for t in tensors]
-        self._tensor_devices = [t.device for t in tensors]
-        self.devices = list(dict.fromkeys(self._tensor_devices))
+        self._tensor_keys = [(t.device, copy_dtype(t.dtype)) for t in tensors]
+        self._keys = list(dict.fromkeys(self._tensor_keys))
+        self.devices = [device for device, _ in self._keys]
+        self.dtypes = [dtype for _, dtype in self._keys]
         # Under sharded engines some tensors are extra copies of replicated elements that must not enter
         # the sums; they are laid out after the counted ones, so that the sums read one prefix per buffer.
         self._counted = [True] * len(self.shapes) if counted is None else [bool(c) for c in counted]
         if len(self._counted) != len(self.shapes):
             raise ValueError(f"counted has {len(self._counted)} entries for {len(self.shapes)} tensors")
-        sizes = dict.fromkeys(self.devices, 0)
-        self._counted_sizes = dict.fromkeys(self.devices, 0)
-        for t, c in zip(tensors, self._counted):
-            sizes[t.device] += t.numel()
+        sizes = dict.fromkeys(self._keys, 0)
+        counted_sizes = dict.fromkeys(self._keys, 0)
+        for t, key, c in zip(tensors, self._tensor_keys, self._counted):
+            sizes[key] += t.numel()
             if c:
-                self._counted_sizes[t.device] += t.numel()
-        self._attach([self._allocate(sizes[d], d) for d in self.devices])
+                counted_sizes[key] += t.numel()
+        self._counted_sizes = [counted_sizes[k] for k in self._keys]
+        self._attach([self._allocate(sizes[k], *k) for k in self._keys])
 
-    def _allocate(self, numel: int, device: torch.device) -> torch.Tensor:
-        """Storage for the buffer of the tensors on `device`."""
-        return torch.empty(numel, dtype=torch.float32, device=device)
+    def _allocate(self, numel: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """Storage for the buffer of the tensors on `device` kept in `dtype`."""
+        return torch.empty(numel, dtype=dtype, device=device)
 
     def _attach(self, flats: list[torch.Tensor]) -> None:
         """Use `flats` as storage and cut the per-tensor views out of them (counted tensors first)."""
         self.flats = flats
-        offsets = dict.fromkeys(self.devices, 0)
+        offsets = dict.fromkeys(self._keys, 0)
         views: list[torch.Tensor | None] = [None] * len(self.shapes)
         for counted_pass in (True, False):
-            for i, (shape, device, counted) in enumerate(zip(self.shapes, self._tensor_devices, self._counted)):
+            for i, (shape, key, counted) in enumerate(zip(self.shapes, self._tensor_keys, self._counted)):
                 if counted != counted_pass:
                     continue
-                flat = flats[self.devices.index(device)]
-                start = offsets[device]
+                flat = flats[self._keys.index(key)]
+                start = offsets[key]
                 numel = math.prod(shape)
                 views[i] = flat[start : start + numel].view(shape)
-                offsets[device] = start + numel
+                offsets[key] = start + numel
         self.views: list[torch.Tensor] = views
 
     @classmethod
@@ -83,7 +94,7 @@ class FlatCopy:
     def empty_like(self) -> FlatCopy:
         """A new buffer with the same layout (uninitialised)."""
         twin = copy.copy(self)
-        twin._attach([self._allocate(f.numel(), d) for f, d in zip(self.flats, self.devices)])
+        twin._attach([self._allocate(f.numel(), *k) for f, k in zip(self.flats, self._keys)])
         return twin
 
     @property
@@ -114,11 +125,11 @@ class FlatCopy:
     def lerp_from(self, tensors: Sequence[torch.Tensor], weight: float) -> None:
         """Like `lerp_`, from tensors of any floating dtype (buffers are few and small)."""
         for view, t in zip(self.views, tensors):
-            view.lerp_(t.detach().float(), weight)
+            view.lerp_(t.detach().to(view.dtype), weight)
 
     def sums(self, other: FlatCopy) -> torch.Tensor:
         """`[<self,other>, |self|^2, |other|^2]` in float64 over the counted tensors (see `partial_sums`)."""
-        sizes = [self._counted_sizes[d] for d in self.devices]
+        sizes = self._counted_sizes
         return partial_sums([f[:n] for f, n in zip(self.flats, sizes)], [f[:n] for f, n in zip(other.flats, sizes)])
 
     def state(self) -> list[torch.Tensor]:
@@ -126,12 +137,17 @@ class FlatCopy:
 
     def load(self, flats: Sequence[torch.Tensor], name: str) -> None:
         if len(flats) != len(self.flats) or any(
-            not isinstance(a, torch.Tensor) or a.numel() != b.numel() for a, b in zip(flats, self.flats)
+            not isinstance(a, torch.Tensor) or a.numel() != b.numel() or a.dtype != b.dtype
+            for a, b in zip(flats, self.flats)
         ):
+            have = [
+                (a.numel(), str(a.dtype).removeprefix("torch.")) if isinstance(a, torch.Tensor) else type(a).__name__
+                for a in flats
+            ]
+            need = [(b.numel(), str(b.dtype).removeprefix("torch.")) for b in self.flats]
             raise ValueError(
-                f"AutoDrop state '{name}' holds buffers of sizes "
-                f"{[a.numel() if isinstance(a, torch.Tensor) else type(a).__name__ for a in flats]} but this "
-                f"model needs {[b.numel() for b in self.flats]}: the state belongs to another model."
+                f"AutoDrop state '{name}' holds buffers of (size, dtype) {have} but this model needs {need}: "
+                "the state belongs to another model (or parameters of another dtype)."
             )
         for mine, saved in zip(self.flats, flats):
             mine.copy_(saved.reshape(-1))
@@ -154,9 +170,9 @@ class OffloadedFlatCopy(FlatCopy):
         self._event = None  # the side-stream snapshot copy in flight, if any
         super().__init__(tensors, counted)
 
-    def _allocate(self, numel: int, device: torch.device) -> torch.Tensor:
+    def _allocate(self, numel: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
         pin = device.type == "cuda" and torch.cuda.is_available()
-        return torch.empty(numel, dtype=torch.float32, device="cpu", pin_memory=pin)
+        return torch.empty(numel, dtype=dtype, device="cpu", pin_memory=pin)
 
     def _cuda(self) -> bool:
         return any(d.type == "cuda" for d in self.devices)
@@ -239,8 +255,7 @@ class OffloadedFlatCopy(FlatCopy):
         self._sync()
         other._sync()
         total = torch.zeros(3, dtype=torch.float64)
-        for device, mine, theirs in zip(self.devices, self.flats, other.flats):
-            n = self._counted_sizes[device]
+        for device, n, mine, theirs in zip(self.devices, self._counted_sizes, self.flats, other.flats):
             total += partial_sums([mine[:n]], [theirs[:n]], device=device)
         return total
 

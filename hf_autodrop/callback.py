@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import math
 import os
+import sys
+import threading
 import uuid
 import weakref
 from dataclasses import asdict
@@ -15,6 +17,7 @@ from transformers.trainer_callback import ExportableState
 
 from .config import AutoDropConfig
 from .controller import AutoDrop, Measurement
+from .distributed import agree
 
 __all__ = ["AutoDropCallback", "install", "STATE_FILE", "state_file_name"]
 
@@ -54,8 +57,11 @@ class AutoDropCallback(TrainerCallback, ExportableState):
     `hf_autodrop.callback.install(trainer)` instead (the README explains why a plain callback cannot).
 
     Checkpoints hold AutoDrop's tensors in `checkpoint-N/autodrop_state.pt` (with several processes, one
-    `autodrop_state-rank{R}-of-{W}.pt` per process); resume exactly, with the same number of processes,
-    with `TrainingArguments(restore_callback_states_from_checkpoint=True)`.
+    `autodrop_state-rank{R}-of-{W}.pt` per process), written atomically before the Trainer writes the
+    checkpoint's `trainer_state.json`; resume exactly, with the same number of processes, with
+    `TrainingArguments(restore_callback_states_from_checkpoint=True)`. On resume the callback you passed
+    stays the one that trains (the Trainer would otherwise replace it with a copy rebuilt from the
+    checkpoint), and its config wins over the saved one (README "Reliability").
 
     Args:
         config (`AutoDropConfig` or `dict`, *optional*):
@@ -81,10 +87,34 @@ class AutoDropCallback(TrainerCallback, ExportableState):
         ```
     """
 
+    # Flush AutoDrop's state file to the disk (fsync) before a checkpoint points to it. The temporary name and
+    # the atomic rename alone already protect against a killed process; the fsync adds protection against a
+    # power loss or kernel crash, at the price of waiting for the disk (README "Reliability" measures it).
+    # The Trainer does not fsync its own checkpoint files. Set `AutoDropCallback.durable = False` to skip it.
+    durable: bool = True
+
+    def __new__(cls, *args, **kwargs):
+        # On resume the Trainer's `_load_callback_state` rebuilds every stateful callback as
+        # `type(callback)(**saved_args)` and swaps it in for the live one. Handing back the live instance
+        # keeps the object the user holds training, with the config the user gave it.
+        live = _live_instance_being_restored(cls)
+        if live is not None:
+            live._restoring = True
+            return live
+        return super().__new__(cls)
+
     def __init__(self, config: AutoDropConfig | dict | None = None, **fields):
+        if self.__dict__.pop("_restoring", False):
+            return  # the live instance handed back on resume keeps its own config; the saved one is checked on load
+        if config is not None and not isinstance(config, (AutoDropConfig, dict)):
+            raise TypeError(
+                f"AutoDropCallback's only positional argument is the config (an AutoDropConfig or a dict), got "
+                f"{config!r}; pass single fields by name, e.g. AutoDropCallback(drop_factor={config!r})."
+            )
         if isinstance(config, dict):
             config = AutoDropConfig(**config)
-        self.config = (config or AutoDropConfig()).replace(**fields) if fields else (config or AutoDropConfig())
+        config = config if config is not None else AutoDropConfig()
+        self.config = config.replace(**fields) if fields else config
         self.autodrop: AutoDrop | None = None
         self.measurements: list[dict] = []
         # Set by the Trainer (from trainer_state.json) when it rebuilds this callback on resume.
@@ -94,36 +124,55 @@ class AutoDropCallback(TrainerCallback, ExportableState):
         self._global_step = 0
         self._trainer_ref = None  # set through `install` to reach the reporting integrations
         self._warned_schedule = False
+        self._warned_fraction = False
         self._every: int | None = None  # optimizer steps per interval; None = once per epoch
+        self._training = False  # between on_train_begin and on_train_end
+        self._written_step: int | None = None  # the step whose state this process last wrote into a checkpoint
+        self._staged_step: int | None = None  # the step whose state this process last staged
+        self._flushing: _Flush | None = None  # process zero's staged file on its way to the disk
 
     # ------------------------------------------------------------------ ExportableState
     def state(self) -> dict:
-        """JSON state for `trainer_state.json`: the config, and where the tensor state file goes."""
+        """JSON state for `trainer_state.json`: the config, and where the tensor state file is.
+
+        The Trainer calls this inside `_save_checkpoint`, after the model, optimizer and RNG files and
+        before it writes `trainer_state.json`, pushes the checkpoint to the Hub or deletes old
+        checkpoints: process zero writes its state file (and moves the other processes' staged files
+        into the checkpoint) here, so the checkpoint never points to a file that is not complete.
+        """
         info = None
         if self.autodrop is not None:
+            self._save_into_checkpoint()
             info = {
                 "run_id": self._run_id,
+                "global_step": self._global_step,
                 "interval": self.autodrop.interval,
                 "num_drops": self.autodrop.num_drops,
                 "phase": self.autodrop.phase,
                 "threshold": self.autodrop.threshold,
                 "world_size": self.autodrop.world_size,
-                # Where on_save (which runs after this) writes process zero's tensors; found again on resume.
+                # Where process zero's tensors are; on resume the file beside the resumed checkpoint comes first.
                 "file": os.path.abspath(self._state_path(self._output_dir, self._global_step, 0)),
             }
         return {"args": self.config.to_dict(), "attributes": {"_checkpoint": info}}
 
     # ------------------------------------------------------------------ Trainer events
     def on_init_end(self, args, state, control, **kwargs):
+        self._claim(state)
         self._check_schedule(args)
 
     def on_train_begin(self, args, state, control, model=None, optimizer=None, lr_scheduler=None, **kwargs):
+        self._claim(state)
         self._check_schedule(args)
         self._output_dir, self._global_step = args.output_dir, state.global_step
+        self._written_step = self._staged_step = self._flushing = None
+        checkpoint, self._checkpoint = self._checkpoint, None  # consumed by this train() only
+        resume_dir = _trainer_local("resume_from_checkpoint", str)
         if model is None or optimizer is None:
             raise RuntimeError("AutoDropCallback needs the Trainer's model and optimizer at train start")
         self.autodrop = AutoDrop(model, optimizer, lr_scheduler, self.config)
-        if self.autodrop.world_size > 1 and self._checkpoint is None:
+        self._training = True
+        if self.autodrop.world_size > 1 and checkpoint is None:
             # Every process writes its own state file; they must carry the one run id that process zero
             # records in trainer_state.json.
             import torch.distributed as dist
@@ -134,7 +183,7 @@ class AutoDropCallback(TrainerCallback, ExportableState):
         resuming = state.global_step > 0
         self._every = self._plan_interval(state, report=not resuming)
         if resuming:
-            self._resume(args, state)
+            self._resume(args, state, checkpoint, resume_dir)
         else:
             self.measurements = []
         return control
@@ -143,22 +192,121 @@ class AutoDropCallback(TrainerCallback, ExportableState):
         self._global_step = state.global_step
         if self._every is not None and state.global_step % self._every == 0:
             self._measure(args, state, control)
+        self._stage_if_saving(control)
         return control
 
     def on_epoch_end(self, args, state, control, **kwargs):
         if self._every is None:
+            fraction = state.epoch - math.floor(state.epoch) if state.epoch is not None else 0.0
+            if 1e-6 < fraction < 1 - 1e-6 and not self._warned_fraction:
+                self._warned_fraction = True
+                logger.warning(
+                    "AutoDrop: this epoch ends the run after %.3g of an epoch (epoch %.4g), so its interval is "
+                    "shorter than the others; its angle is measured over the shorter interval. Use a whole "
+                    "number of epochs (or interval_steps) for intervals of equal length.",
+                    fraction,
+                    state.epoch,
+                )
             self._measure(args, state, control)
+        self._stage_if_saving(control)
         return control
 
     def on_save(self, args, state, control, **kwargs):
-        if self.autodrop is None:
-            return control
-        path = self._state_path(args.output_dir, state.global_step)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        torch.save(
-            {"run_id": self._run_id, "global_step": state.global_step, "autodrop": self.autodrop.state_dict()}, path
-        )
+        # Process zero wrote its file in state(); the others' staged files are moved in place by it, or
+        # here. A process whose file is not in the checkpoint yet (a save decided after on_step_end, such
+        # as save_strategy="best") writes it now.
+        if self.autodrop is not None and self._written_step != state.global_step:
+            self._move_staged(self.autodrop.rank)
+            path = self._state_path(self._output_dir, state.global_step)
+            if not os.path.isfile(path) or self._staged_step != state.global_step:
+                self._write(path)
+            self._written_step = state.global_step
         return control
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self._training = False
+        return control
+
+    # ------------------------------------------------------------------ crash-safe saving
+    def _payload(self) -> dict:
+        return {
+            "run_id": self._run_id,
+            "global_step": self._global_step,
+            "autodrop": self.autodrop.state_dict(),
+            "measurements": list(self.measurements),
+        }
+
+    def _write(self, path: str) -> None:
+        """Write this process's state to `path` atomically: complete under its name, or not there at all."""
+        _atomic_save(self._payload(), path, fsync=self.durable)
+
+    def _save_into_checkpoint(self) -> None:
+        """Inside the Trainer's `_save_checkpoint` (process zero): this process's file and the staged ones."""
+        folder = os.path.join(self._output_dir, f"checkpoint-{self._global_step}")
+        # TrainerState also calls state() when it is built; only a checkpoint being written is saved into.
+        if not self._training or self._written_step == self._global_step or not os.path.isdir(folder):
+            return
+        for rank in range(self.autodrop.world_size):
+            self._move_staged(rank)
+        path = self._state_path(self._output_dir, self._global_step)
+        if self._staged_step != self._global_step or not os.path.isfile(path):
+            self._write(path)  # a save decided after on_step_end/on_epoch_end: nothing was staged
+        self._written_step = self._global_step
+
+    def _staging_path(self, rank: int) -> str:
+        name = state_file_name(rank, self.autodrop.world_size)
+        return os.path.join(self._output_dir, ".autodrop-staging", f"checkpoint-{self._global_step}", name)
+
+    def _stage_if_saving(self, control) -> None:
+        """When the Trainer is about to save, write this process's state to a staging folder first.
+
+        Process zero's file is flushed to disk on a background thread while the Trainer writes the model
+        and optimizer, and moved into the checkpoint (from `state()`) just before `trainer_state.json`:
+        the durability costs little time. With several processes the others stage theirs durably, and
+        one collective makes sure every process staged its file (or all stop with one error) before
+        process zero moves them in.
+        """
+        if self.autodrop is None or not control.should_save or self._staged_step == self._global_step:
+            return
+        self._staged_step = self._global_step
+        rank = self.autodrop.rank
+        error = None
+        try:
+            _atomic_save(self._payload(), self._staging_path(rank), fsync=self.durable and rank != 0)
+            if rank == 0 and self.durable:
+                self._flushing = _Flush(self._staging_path(rank))
+        except Exception as err:  # noqa: BLE001 - reported on every process, never left to hang the others
+            error = err
+        failed = [r for r, code in enumerate(agree(int(error is not None))) if code]
+        if failed:
+            raise RuntimeError(
+                f"AutoDrop could not stage its state for checkpoint-{self._global_step} on process(es) {failed}"
+                + (f" (this one: {type(error).__name__}: {error})" if error else "")
+                + "; training stops so that no checkpoint misses AutoDrop's state. Free disk space (or fix the "
+                "output_dir's permissions) and resume from the last checkpoint."
+            ) from error
+
+    def _move_staged(self, rank: int) -> None:
+        """Move process `rank`'s staged file for this step into the checkpoint, if it is (still) staged."""
+        staged = self._staging_path(rank)
+        if rank == self.autodrop.rank and self._flushing is not None:
+            flushing, self._flushing = self._flushing, None
+            flushing.wait()  # on disk before the checkpoint points to it
+        if not os.path.isfile(staged):
+            return
+        target = self._state_path(self._output_dir, self._global_step, rank)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        try:
+            os.replace(staged, target)
+        except FileNotFoundError:  # its own process moved it first
+            return
+        if self.durable:
+            _fsync_dir(os.path.dirname(target))
+        for folder in (os.path.dirname(staged), os.path.dirname(os.path.dirname(staged))):
+            try:
+                os.rmdir(folder)
+            except OSError:
+                break  # not empty yet (or gone): the last process to move its file removes it
 
     def _state_path(self, output_dir: str, global_step: int, rank: int | None = None) -> str:
         """This process's state file in `checkpoint-{global_step}` (process `rank`'s when given)."""
@@ -248,8 +396,8 @@ class AutoDropCallback(TrainerCallback, ExportableState):
             )
         return every
 
-    def _resume(self, args, state) -> None:
-        info = self._checkpoint
+    def _resume(self, args, state, info, resume_dir: str | None) -> None:
+        """Load this process's state file; every process resumes, or all stop with one error."""
         if info is None:
             logger.warning(
                 "AutoDrop: resuming at step %d without AutoDrop's saved state (the Trainer was not given "
@@ -261,53 +409,36 @@ class AutoDropCallback(TrainerCallback, ExportableState):
                 self.config.threshold,
             )
             return
-        saved_world = info.get("world_size", 1)
-        if saved_world != self.autodrop.world_size:
-            raise ValueError(
-                f"This checkpoint's AutoDrop state was written by {saved_world} process(es) but this run has "
-                f"{self.autodrop.world_size}: AutoDrop's state is sharded like the parameters and cannot be "
-                f"resharded. Resume with {saved_world} process(es), or without "
-                "restore_callback_states_from_checkpoint to restart AutoDrop's history."
-            )
-        # The recorded folder first (resuming from a checkpoint elsewhere), then the usual place.
-        recorded = info.get("file")
-        if recorded:
-            recorded = os.path.join(os.path.dirname(recorded), state_file_name(self.autodrop.rank, saved_world))
-        candidates = [recorded, self._state_path(args.output_dir, state.global_step)]
-        path = next((p for p in candidates if p and os.path.isfile(p)), candidates[-1])
-        if not os.path.isfile(path):
+        missing = error = None
+        try:
+            info = _checked_entry(info)
+            path = self._load(args, state, info, resume_dir)
+        except _Missing as err:
+            missing = err
+        except Exception as err:  # noqa: BLE001 - every failure is reported, after all processes know
+            error = err
+        codes = agree(0 if missing is None and error is None else (1 if error is None else 2))
+        if self.autodrop.world_size == 1:
+            if error is not None:
+                raise error
+        elif any(codes):
+            failed = {r: ("missing" if c == 1 else "unloadable") for r, c in enumerate(codes) if c}
+            if set(failed.values()) != {"missing"} or len(failed) != len(codes):
+                raise RuntimeError(
+                    f"AutoDrop cannot resume on every process: its state file is {failed} (by rank); this process: "
+                    f"{error or missing or 'loaded'}. Every process stops instead of letting the replicas diverge. "
+                    "Restore the missing or damaged files from the run (one autodrop_state-rank{R}-of-{W}.pt per "
+                    "process beside the checkpoint's other files), or resume from another checkpoint."
+                ) from (error or missing)
+        if missing is not None:  # on every process: all start afresh alike
             logger.warning(
-                "AutoDrop: the checkpoint records AutoDrop state (interval %d, %d drops) but %s is missing. "
-                "AutoDrop starts a fresh history from the current parameters (threshold %g, drop count 0); "
-                "keep %s beside the checkpoint's other files to resume exactly.",
-                info["interval"],
-                info["num_drops"],
-                path,
+                "AutoDrop: %s AutoDrop starts a fresh history from the current parameters (threshold %g, drop "
+                "count 0); keep %s beside the checkpoint's other files to resume exactly.",
+                missing,
                 self.config.threshold,
                 STATE_FILE,
             )
             return
-        try:
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # noqa: BLE001 - any unreadable file is reported the same way
-            raise RuntimeError(
-                f"AutoDrop state file {path} is unreadable ({err}); delete it to restart "
-                "AutoDrop's history, or restore it from a backup"
-            ) from err
-        if not isinstance(payload, dict) or "autodrop" not in payload:
-            raise ValueError(f"{path} is not an AutoDrop state file")
-        if payload.get("run_id") != info["run_id"] or payload["autodrop"].get("interval") != info["interval"]:
-            raise ValueError(
-                f"{path} belongs to another run (run {payload.get('run_id')}, interval "
-                f"{payload['autodrop'].get('interval')}) than this checkpoint's trainer_state.json (run "
-                f"{info['run_id']}, interval {info['interval']}); refusing to resume from mismatched AutoDrop state."
-            )
-        try:
-            self.autodrop.load_state_dict(payload["autodrop"])
-        except (KeyError, TypeError) as err:
-            raise ValueError(f"{path} is damaged: {err!r}") from err
-        self._run_id = payload["run_id"]
-        self.measurements = []
         logger.info(
             "AutoDrop: resumed from %s (interval %d, %d drops, phase %s)",
             path,
@@ -315,6 +446,182 @@ class AutoDropCallback(TrainerCallback, ExportableState):
             self.autodrop.num_drops,
             self.autodrop.phase,
         )
+
+    def _load(self, args, state, info: dict, resume_dir: str | None) -> str:
+        """Find this process's file of this checkpoint and load it; returns its path."""
+        saved_world = info["world_size"]
+        if saved_world != self.autodrop.world_size:
+            raise ValueError(
+                f"This checkpoint's AutoDrop state was written by {saved_world} process(es) but this run has "
+                f"{self.autodrop.world_size}: AutoDrop's state is sharded like the parameters and cannot be "
+                f"resharded. Resume with {saved_world} process(es), or without "
+                "restore_callback_states_from_checkpoint to restart AutoDrop's history."
+            )
+        name = state_file_name(self.autodrop.rank, saved_world)
+        # The checkpoint being resumed first (it may be a moved copy, or one downloaded from the Hub), then
+        # the usual place, then the folder recorded at save time.
+        folders = [resume_dir, os.path.join(args.output_dir, f"checkpoint-{state.global_step}")]
+        folders.append(os.path.dirname(info["file"]) if info.get("file") else None)
+        candidates = list(dict.fromkeys(os.path.abspath(os.path.join(f, name)) for f in folders if f))
+        rejected = []
+        for path in candidates:
+            if not os.path.isfile(path):
+                continue
+            try:
+                payload = torch.load(path, map_location="cpu", weights_only=True)
+            except Exception as err:  # noqa: BLE001 - any unreadable file is reported the same way
+                rejected.append(f"{path} is unreadable ({err})")
+                continue
+            if not isinstance(payload, dict) or not isinstance(payload.get("autodrop"), dict):
+                rejected.append(f"{path} is not an AutoDrop state file")
+                continue
+            found = (payload.get("run_id"), payload.get("global_step"), payload["autodrop"].get("interval"))
+            wanted = (info["run_id"], state.global_step, info["interval"])
+            if found != wanted:
+                rejected.append(
+                    f"{path} belongs to another run or step (run {found[0]}, step {found[1]}, interval {found[2]}; "
+                    f"this checkpoint's trainer_state.json records run {wanted[0]}, step {wanted[1]}, interval "
+                    f"{wanted[2]})"
+                )
+                continue
+            self.autodrop.load_state_dict(payload["autodrop"])
+            self._run_id = payload["run_id"]
+            self.measurements = list(payload.get("measurements", []))
+            return path
+        if rejected:
+            raise ValueError(
+                "refusing to resume from mismatched or damaged AutoDrop state: "
+                + "; ".join(rejected)
+                + ". Restore the checkpoint's own AutoDrop file, or delete it to restart AutoDrop's history."
+            )
+        raise _Missing(
+            f"the checkpoint records AutoDrop state (interval {info['interval']}, {info['num_drops']} drops) but "
+            f"{name} is missing (looked in {', '.join(os.path.dirname(c) for c in candidates)})."
+        )
+
+    def _claim(self, state) -> None:
+        """Refuse a second AutoDropCallback in the same Trainer: every drop would be applied twice."""
+        owner = getattr(state, "_hf_autodrop_callback", None)
+        other = owner() if owner is not None else None
+        if other is not None and other is not self:
+            raise ValueError(
+                "This Trainer has two AutoDropCallbacks: each would apply every drop, so the lr would fall by "
+                "drop_factor**2 and the averages be written twice. Keep one AutoDropCallback "
+                "(trainer.remove_callback(AutoDropCallback) removes one)."
+            )
+        # A TrainerState lives for one Trainer's init or one train() call: the marker never outlives it.
+        state._hf_autodrop_callback = weakref.ref(self)
+
+
+class _Missing(Exception):
+    """This process's state file is not there."""
+
+
+def _checked_entry(info) -> dict:
+    """The AutoDrop entry of trainer_state.json, or a clear error when it is damaged."""
+    expected = {"run_id": str, "interval": int, "num_drops": int, "world_size": int}
+    problems = (
+        ["it is not a mapping"]
+        if not isinstance(info, dict)
+        else [f"'{k}' is missing or not {t.__name__}" for k, t in expected.items() if not isinstance(info.get(k), t)]
+    )
+    if isinstance(info, dict) and not isinstance(info.get("file", ""), str):
+        problems.append("'file' is not a path")
+    if problems:
+        raise ValueError(
+            f"The AutoDrop entry of this checkpoint's trainer_state.json (stateful_callbacks.AutoDropCallback."
+            f"attributes._checkpoint) is damaged: {'; '.join(problems)}. Restore trainer_state.json from a copy, "
+            "or resume without restore_callback_states_from_checkpoint to restart AutoDrop's history."
+        )
+    return info
+
+
+def _atomic_save(payload: dict, path: str, fsync: bool = True) -> None:
+    """`torch.save` to a temporary name in the same folder, flushed (to disk with `fsync`), renamed into place."""
+    folder = os.path.dirname(path)
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            if fsync:
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    if fsync:
+        _fsync_dir(folder)
+
+
+class _Flush:
+    """`fsync` of a written file on a background thread (the GIL is released while the disk works)."""
+
+    def __init__(self, path: str):
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(path,), name="autodrop-fsync", daemon=True)
+        self._thread.start()
+
+    def _run(self, path: str) -> None:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except BaseException as err:  # noqa: BLE001 - re-raised in the training thread by wait()
+            self._error = err
+
+    def wait(self) -> None:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+
+def _fsync_dir(folder: str) -> None:
+    """Make a rename in `folder` durable (a no-op where directories cannot be opened, e.g. Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _trainer_local(name: str, kind: type, function: str = "_inner_training_loop", depth: int = 12):
+    """Local `name` (when of type `kind`) of the Trainer's `function` up the call stack.
+
+    The Trainer does not tell callbacks which checkpoint it resumes from; `_inner_training_loop` holds it
+    in its `resume_from_checkpoint` argument (transformers 4.45 to 5.x). None when not found.
+    """
+    frame = sys._getframe(1)
+    for _ in range(depth):
+        if frame is None:
+            return None
+        if frame.f_code.co_name == function:
+            value = frame.f_locals.get(name)
+            return value if isinstance(value, kind) else None
+        frame = frame.f_back
+    return None
+
+
+def _live_instance_being_restored(cls):
+    """The callback the Trainer's `_load_callback_state` is rebuilding right now, if that is the caller.
+
+    transformers (4.45 to 5.x) runs `new_callback = type(callback)(**args)` inside
+    `Trainer._load_callback_state` with the live instance in its local `callback`.
+    """
+    frame = sys._getframe(2)  # 0: here, 1: __new__, 2: whoever called the class
+    if frame is None or frame.f_code.co_name != "_load_callback_state":
+        return None
+    live = frame.f_locals.get("callback")
+    return live if type(live) is cls and hasattr(live, "config") else None
 
 
 class _TrainerLink(TrainerCallback):

@@ -21,7 +21,12 @@ __all__ = ["AutoDrop", "Measurement"]
 logger = logging.getLogger("hf_autodrop")
 
 MONITOR, AVERAGING = "monitor", "averaging"
-_STATE_FORMAT = 1
+# 2: checksums of the state tensors, the parameters' fingerprint, float64 copies of float64 parameters.
+_STATE_FORMAT = 2
+_READABLE_FORMATS = (1, 2)
+# Inside an averaging window, an interval whose displacement is this many times longer than the one at the
+# trigger (a transient spike, e.g. one weight at 1e30 for an interval) is left out of the average.
+_ABSURD_NORM_RATIO = 1e3
 
 
 @dataclass(frozen=True)
@@ -82,6 +87,7 @@ def _split_model(model_or_params) -> tuple[list[torch.Tensor], list[torch.Tensor
     if isinstance(model_or_params, torch.nn.Module):
         params = [p for p in model_or_params.parameters() if p.requires_grad]
         buffers = [b for b in model_or_params.buffers() if b.is_floating_point()]
+        _check_parameters(params)
         return params, buffers
     if isinstance(model_or_params, torch.Tensor):
         model_or_params = [model_or_params]
@@ -95,7 +101,81 @@ def _split_model(model_or_params) -> tuple[list[torch.Tensor], list[torch.Tensor
             raise TypeError(f"expected tensors, got {type(p).__name__}")
         if p.requires_grad:
             params.append(p)
+    _check_parameters(params)
     return params, []
+
+
+def _check_parameters(params: list[torch.Tensor]) -> None:
+    """Refuse parameters whose angle AutoDrop cannot measure, at construction instead of at the first interval."""
+    for i, p in enumerate(params):
+        if p.layout != torch.strided:
+            raise ValueError(
+                f"trainable parameter {i} has layout {p.layout}: AutoDrop supports dense (strided) parameters "
+                "only. Keep sparse parameters out of AutoDrop (pass it the dense ones, or freeze them)."
+            )
+        if p.is_complex() or not p.is_floating_point():
+            raise ValueError(
+                f"trainable parameter {i} has dtype {p.dtype}: AutoDrop measures angles between real "
+                "floating-point displacements. Pass it the real parameters only (e.g. a list without this one), "
+                "or store the parameter as torch.view_as_real."
+            )
+
+
+def _check_optimizer_holds(params: list[torch.Tensor], optimizer) -> None:
+    """Every trainable parameter must be one the optimizer updates, or AutoDrop measures (and drops) nothing real."""
+    held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    missing = [i for i, p in enumerate(params) if id(p) not in held]
+    if missing:
+        raise ValueError(
+            f"{len(missing)} of the {len(params)} trainable parameters (indices {missing[:5]}"
+            f"{'...' if len(missing) > 5 else ''}) are not in the optimizer AutoDrop was given, so AutoDrop "
+            "would measure parameters that never move and drop an lr that does not train them. Pass the "
+            "optimizer that updates this model's parameters (built after any wrapping or replacement), "
+            "or freeze the parameters it does not update (requires_grad=False)."
+        )
+
+
+def _wrapper_chain(optimizer):
+    """The optimizer and every optimizer it wraps (`.optimizer`), outermost first."""
+    chain = [optimizer]
+    while getattr(chain[-1], "optimizer", None) is not None and len(chain) < 8:
+        chain.append(chain[-1].optimizer)
+    return chain
+
+
+def parameter_fingerprint(tensors: Iterable[torch.Tensor]) -> list[int]:
+    """`[number of elements, checksum of their bits]`: an exact, order-independent fingerprint.
+
+    `word_sum` changes with any single bit of any element, so a state file checked against it cannot be
+    resumed onto other parameters (another branch of the run, a checkpoint of another step), and unlike
+    float sums it does not depend on the order in which the elements are summed.
+    """
+    count = total = 0
+    for t in tensors:
+        count += t.numel()
+        total += word_sum(t)
+    return [count, total % 2**32]
+
+
+def word_sum(t: torch.Tensor) -> int:
+    """The sum of a tensor's raw bits read as 32-bit words, modulo 2**32: an additive checksum.
+
+    Any single flipped bit changes it; it costs one integer reduction (a few times cheaper than a clone),
+    on whatever device the tensor lives.
+    """
+    flat = t.detach().reshape(-1)
+    if flat.numel() == 0:
+        return 0
+    if flat.element_size() * flat.numel() % 4:  # an odd number of 16-bit (or 8-bit) elements
+        flat = flat.view(torch.uint8)
+        head = flat[: flat.numel() // 4 * 4]
+        return (word_sum(head) + int(flat[head.numel() :].sum(dtype=torch.int64))) % 2**32
+    try:
+        words = flat.view(torch.int32)
+    except RuntimeError:  # a view whose offset is not 4-byte aligned
+        words = flat.clone().view(torch.int32)
+    # The int32 sum wraps around: exact modulo 2**32 whatever the order of the additions.
+    return int(words.sum(dtype=torch.int32)) % 2**32
 
 
 class AutoDrop:
@@ -152,6 +232,17 @@ class AutoDrop:
         self._lr = LRGroups(optimizer, scheduler, self.config.min_lr)
         # The elements this process owns (all of them on one process or under DDP) and the reduction.
         self._shards = local_shards(model_or_params, self._params)
+        # Engines (FSDP, ZeRO) hand the optimizer flat or partitioned tensors, not the module's parameters;
+        # with plain replicated parameters the optimizer must hold them.
+        if not self._shards.sharded and not any(
+            type(o).__module__.startswith("deepspeed") for o in _wrapper_chain(optimizer)
+        ):
+            _check_optimizer_holds(self._params, self._lr.optimizer)
+            # Counting the optimizer's steps catches a loop that rebuilt its optimizer: the parameters keep
+            # moving while the optimizer AutoDrop drops has stopped stepping.
+            _innermost(self._lr.optimizer).register_step_post_hook(self._count_optimizer_step)
+        self._optimizer_steps = 0  # optimizer steps during the current interval (counted when watched)
+        self._optimizer_stepped = False  # the optimizer stepped during some earlier interval
 
         params = self._shards.tensors()
         flat = OffloadedFlatCopy if self.config.offload_to_cpu else FlatCopy
@@ -168,6 +259,7 @@ class AutoDrop:
         self._num_drops = 0
         self._recent: list[float] = []  # the last angles since the reset, oldest first, for the detector
         self._warned_zero = False
+        self._trigger_norm_sq = math.nan  # |s|^2 at the trigger: the yardstick for absurd intervals while averaging
         if self.config.offload_to_cpu:
             # The end-of-interval snapshot is copied to CPU memory while the next steps compute; the
             # optimizer must not update the parameters before that copy has read them.
@@ -176,18 +268,22 @@ class AutoDrop:
     def _before_optimizer_step(self, *args) -> None:
         self._snapshot.wait_before_overwrite()
 
+    def _count_optimizer_step(self, *args) -> None:
+        self._optimizer_steps += 1
+
     # ------------------------------------------------------------------ the interval step
     @torch.no_grad()
     def step(self) -> Measurement:
         """Measure at the end of an interval, decide, and drop when due. Returns the `Measurement`."""
         cfg = self.config
+        params = self._shards.tensors()
+        self._check_unchanged(params)
         self._interval += 1
         self._t += 1
 
         # The snapshot buffer becomes -s_t = x_(t-1) - x_t in place (displacements are kept negated,
         # which changes no angle or norm); the buffer that held -s_(t-1) is free once the sums are
         # taken and becomes the new snapshot x_t. No third copy is needed.
-        params = self._shards.tensors()
         self._snapshot.subtract(params)
         displacement, spare = self._snapshot, self._displacement
         # Partial sums over this process's elements; one all-reduce makes them global (none under DDP),
@@ -198,6 +294,7 @@ class AutoDrop:
         self._snapshot, self._displacement = spare, displacement
 
         finite = math.isfinite(norm_sq)
+        self._check_optimizer_stepped(norm_sq)
         angle = angle_from_sums(dot, norm_sq, prev_norm_sq) if self._t >= 2 else math.nan
         change = change_statistic(self._recent[-1], angle) if self._recent else math.nan
         statistic = self._statistic(angle, change)
@@ -209,10 +306,11 @@ class AutoDrop:
             if finite and statistic < tolerance:
                 triggered = True
                 self._phase, self._k = AVERAGING, 1
+                self._trigger_norm_sq = norm_sq
                 self._average = self._snapshot.clone()
                 if self._buffers:
                     self._buffer_average = FlatCopy.of(self._buffers)
-        elif finite:
+        elif finite and not self._absurd(norm_sq):
             self._k += 1
             weight = 2.0 / (self._k + 1)
             self._average.lerp_(self._snapshot, weight)
@@ -243,6 +341,44 @@ class AutoDrop:
             should_stop=exhausted and cfg.stop_when_exhausted,
             lrs=tuple(self._lr.current_lrs()),
         )
+
+    def _check_unchanged(self, params: list[torch.Tensor]) -> None:
+        """Clear errors for a training loop that changed what AutoDrop was built on (cheap: no tensor math)."""
+        self._lr.check_groups()
+        if len(params) != len(self._snapshot.shapes) or any(
+            p.shape != shape for p, shape in zip(params, self._snapshot.shapes)
+        ):
+            changed = [i for i, (p, s) in enumerate(zip(params, self._snapshot.shapes)) if p.shape != s]
+            raise RuntimeError(
+                f"The trainable parameters changed since AutoDrop was built ({len(self._snapshot.shapes)} -> "
+                f"{len(params)} tensors; resized: {changed[:5]}): AutoDrop's snapshots no longer match them. "
+                "Resize the model before building AutoDrop, or build a new AutoDrop after resizing."
+            )
+
+    def _check_optimizer_stepped(self, norm_sq: float) -> None:
+        """Raise when the parameters moved but the optimizer, which stepped in earlier intervals, did not."""
+        stepped, self._optimizer_steps = self._optimizer_steps, 0
+        if self._optimizer_stepped and not stepped and norm_sq > 0:
+            raise RuntimeError(
+                f"The parameters moved during interval {self._interval} but the optimizer AutoDrop was built "
+                "with did not step (it did in earlier intervals): the training loop seems to have rebuilt its "
+                "optimizer, and AutoDrop would keep dropping the lr of the old one. Build a new AutoDrop with "
+                "the new optimizer (and scheduler)."
+            )
+        self._optimizer_stepped = self._optimizer_stepped or stepped > 0
+
+    def _absurd(self, norm_sq: float) -> bool:
+        """A finite interval whose displacement dwarfs the one at the trigger: left out of the average."""
+        if not self._trigger_norm_sq > 0 or norm_sq <= _ABSURD_NORM_RATIO**2 * self._trigger_norm_sq:
+            return False
+        logger.warning(
+            "AutoDrop: the parameters moved %.3g times farther during interval %d than during the interval "
+            "that triggered averaging; this interval is left out of the running average (the drop comes one "
+            "interval later), like a NaN/Inf one.",
+            math.sqrt(norm_sq / self._trigger_norm_sq),
+            self._interval,
+        )
+        return True
 
     def _statistic(self, angle: float, change: float) -> float:
         """The detector's statistic at this interval (NaN while it has too few angles)."""
@@ -357,7 +493,16 @@ class AutoDrop:
         """Everything needed to resume exactly: scalars and (references to) the state tensors.
 
         Like an optimizer's `state_dict()`, the tensors are not copied: save it before the next `step()`.
+        It also records an additive checksum of every state tensor and a fingerprint of the trainable
+        parameters as they are now (`parameter_fingerprint`): `load_state_dict` refuses a damaged file,
+        and a state loaded onto other parameters than the ones it was saved with.
         """
+        tensors = {
+            "snapshot": self._snapshot.state(),
+            "displacement": self._displacement.state(),
+            "average": None if self._average is None else self._average.state(),
+            "buffer_average": None if self._buffer_average is None else self._buffer_average.state(),
+        }
         return {
             "format": _STATE_FORMAT,
             "config": self.config.to_dict(),
@@ -369,23 +514,35 @@ class AutoDrop:
             "num_drops": self._num_drops,
             "recent_angles": list(self._recent),
             "warned_zero": self._warned_zero,
+            "trigger_norm_sq": self._trigger_norm_sq,
             "lr": self._lr.state_dict(),
             # The tensors below hold this process's shard only: they resume on the same rank of the same world.
             "distributed": self._shards.describe(),
             "param_shapes": [list(s) for s in self._snapshot.shapes],
-            "snapshot": self._snapshot.state(),
-            "displacement": self._displacement.state(),
-            "average": None if self._average is None else self._average.state(),
-            "buffer_average": None if self._buffer_average is None else self._buffer_average.state(),
+            **tensors,
+            "checksums": {k: None if v is None else [word_sum(t) for t in v] for k, v in tensors.items()},
+            "fingerprint": parameter_fingerprint(self._shards.tensors()),
         }
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore a `state_dict()`; raises `ValueError` when it belongs to another model or is damaged."""
-        if not isinstance(state, dict) or state.get("format") != _STATE_FORMAT:
+        """Restore a `state_dict()`.
+
+        Load the model's (and optimizer's) state first: the saved parameters' fingerprint must match
+        the current parameters. Raises `ValueError` when the state belongs to another model or run, is
+        damaged, or holds a history the current config cannot continue (see `_reconcile_config`); a
+        config that changed in a way the history allows is applied with a warning that lists the changes.
+        """
+        if not isinstance(state, dict) or state.get("format") not in _READABLE_FORMATS:
             raise ValueError(
                 f"not an AutoDrop state (format {state.get('format') if isinstance(state, dict) else type(state).__name__!r}, "
-                f"expected {_STATE_FORMAT})"
+                f"expected one of {_READABLE_FORMATS})"
             )
+        try:
+            self._load(state)
+        except (KeyError, TypeError, AttributeError, IndexError) as err:
+            raise ValueError(f"AutoDrop state is damaged ({type(err).__name__}: {err})") from err
+
+    def _load(self, state: dict) -> None:
         saved, here = state.get("distributed", {"rank": 0, "world_size": 1}), self._shards.describe()
         if saved["world_size"] != here["world_size"]:
             raise ValueError(
@@ -404,18 +561,19 @@ class AutoDrop:
             )
         if state["phase"] not in (MONITOR, AVERAGING):
             raise ValueError(f"AutoDrop state has unknown phase {state['phase']!r}")
-        # Fields added after a state was saved take their defaults.
-        saved_config = {**AutoDropConfig().to_dict(), **state["config"]}
-        if saved_config != self.config.to_dict():
-            changed = {
-                k: (v, getattr(self.config, k)) for k, v in saved_config.items() if getattr(self.config, k, None) != v
-            }
-            logger.warning("AutoDrop: resuming with a changed config (saved -> now): %s", changed)
+        if state["phase"] == AVERAGING and state["average"] is None:
+            raise ValueError("AutoDrop state is averaging but holds no average")
+        if state["format"] >= 2:
+            self._verify(state)
+        else:
+            logger.warning(
+                "AutoDrop: this state was saved by an older hf_autodrop (format 1) without checksums or a "
+                "parameter fingerprint; it is loaded unverified."
+            )
+        saved_config = self._reconcile_config(state)
         self._snapshot.load(state["snapshot"], "snapshot")
         self._displacement.load(state["displacement"], "displacement")
         if state["phase"] == AVERAGING:
-            if state["average"] is None:
-                raise ValueError("AutoDrop state is averaging but holds no average")
             self._average = self._snapshot.empty_like()
             self._average.load(state["average"], "average")
             self._buffer_average = None
@@ -424,15 +582,99 @@ class AutoDrop:
                 self._buffer_average.load(state["buffer_average"], "buffer_average")
         else:
             self._average = self._buffer_average = None
-        self._lr.load_state_dict(state["lr"])
+        cfg = self.config
+        self._lr.load_state_dict(state["lr"], min_lr="saved" if saved_config.min_lr == cfg.min_lr else cfg.min_lr)
         self._interval = int(state["interval"])
         self._t = int(state["t"])
         self._k = int(state["k"])
         self._phase = state["phase"]
+        # A changed threshold keeps the growth the saved drops earned: the same ratio to the starting value.
         self._threshold = float(state["threshold"])
+        if (saved_config.threshold, saved_config.max_threshold) != (cfg.threshold, cfg.max_threshold):
+            growth = self._threshold / saved_config.threshold
+            self._threshold = min(cfg.max_threshold, cfg.threshold * growth)
         self._num_drops = int(state["num_drops"])
         self._recent = [float(a) for a in state["recent_angles"]]
         self._warned_zero = bool(state["warned_zero"])
+        self._trigger_norm_sq = float(state.get("trigger_norm_sq", math.nan))
+
+    def _verify(self, state: dict) -> None:
+        """The checksums of the state tensors, and the fingerprint of the parameters they were saved with."""
+        for name, expected in state["checksums"].items():
+            tensors = state[name]
+            actual = (
+                None if tensors is None else [word_sum(t) if isinstance(t, torch.Tensor) else None for t in tensors]
+            )
+            if actual != expected:
+                raise ValueError(
+                    f"AutoDrop state tensor '{name}' fails its checksum (saved {expected}, read {actual}): the "
+                    "file was damaged after it was written. Restore it from a copy, or resume from an older "
+                    "checkpoint."
+                )
+        fingerprint = parameter_fingerprint(self._shards.tensors())
+        if [int(x) for x in state["fingerprint"]] != fingerprint:
+            raise ValueError(
+                "AutoDrop state was saved with other parameter values than the model holds now (fingerprint "
+                f"{list(state['fingerprint'])}, model {fingerprint}): it belongs to another checkpoint or another "
+                "branch of this run, or the model's weights were not loaded before AutoDrop's state. Load the "
+                "model's weights of the same checkpoint first, and use the AutoDrop state file saved beside them."
+            )
+
+    def _reconcile_config(self, state: dict) -> AutoDropConfig:
+        """The saved config; refuses changes the saved history cannot honour and warns about the others."""
+        # Fields added after a state was saved take their defaults.
+        saved = AutoDropConfig(**{**AutoDropConfig().to_dict(), **state["config"]})
+        cfg = self.config
+        changed = {k: (v, getattr(cfg, k)) for k, v in saved.to_dict().items() if getattr(cfg, k) != v}
+        if not changed:
+            return saved
+
+        def refuse(reason: str) -> ValueError:
+            return ValueError(
+                f"AutoDrop cannot resume this state with the changed config {_fmt_changes(changed)}: {reason} "
+                "Resume with the saved values, or start AutoDrop's history afresh (a new AutoDrop, without "
+                "loading this state)."
+            )
+
+        if "detector" in changed:
+            raise refuse("the angle history kept in the state is sized for the saved saturation test.")
+        if cfg.trend_window > saved.trend_window and cfg.detector == "trend":
+            raise refuse("the state keeps only the angles the smaller trend_window needs.")
+        if "dry_run" in changed and int(state["num_drops"]) > 0:
+            raise refuse(
+                "the drops made so far were "
+                + ("not applied to the lr (dry run)" if saved.dry_run else "applied to the lr")
+                + ", so the lr scales would no longer describe the lrs."
+            )
+        if state["phase"] == AVERAGING and int(state["k"]) > cfg.drop_delay:
+            raise refuse(
+                f"the averaging window in progress already holds {int(state['k'])} snapshots, more than "
+                f"drop_delay={cfg.drop_delay} allows, so the drop would never come."
+            )
+        meaning = {
+            "drop_factor": "later drops use the new factor; the drops made so far keep theirs",
+            "min_lr": "every param group's floor is recomputed from the new min_lr",
+            "threshold": "the current threshold keeps the growth of the saved drops, from the new starting value",
+            "max_threshold": "the current threshold is capped by the new maximum",
+            "trend_window": "the trend test fits fewer angles from the next interval",
+            "trend_z": "the trend test's tolerance uses the new z from the next interval",
+            "drop_delay": "an averaging window in progress ends after the new delay",
+            "interval_steps": "the angles kept so far were measured over the old interval; the test mixes both",
+            "average_buffers": "buffers are averaged (or not) from the next trigger on",
+            "dry_run": "no drop has happened yet, so nothing to undo",
+            "stop_when_exhausted": "no effect on the saved history",
+            "offload_to_cpu": "no effect on the saved history",
+        }
+        logger.warning(
+            "AutoDrop: resuming with a changed config (saved -> now): %s. What that means for the saved history: %s.",
+            _fmt_changes(changed),
+            "; ".join(f"{k}: {meaning.get(k, 'applied from now on')}" for k in changed),
+        )
+        return saved
+
+
+def _fmt_changes(changed: dict) -> str:
+    return ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items())
 
 
 def _innermost(optimizer):

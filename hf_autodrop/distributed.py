@@ -29,7 +29,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-__all__ = ["LocalShards", "local_shards"]
+__all__ = ["LocalShards", "agree", "local_shards"]
 
 
 def _world() -> tuple[int, int]:
@@ -299,3 +299,19 @@ def local_shards(model_or_params, params: list[torch.Tensor]) -> LocalShards:
     if any(type(p).__name__ == "FlatParameter" for p in params):
         raise ValueError("FSDP1 parameters were passed without their module: pass the FSDP-wrapped model to AutoDrop")
     return _Replicated(params)
+
+
+def agree(code: int) -> list[int]:
+    """Every process's `code` (0 = fine), on every process: one all-reduce of one int per process.
+
+    Lets all processes take the same decision about something only some of them saw (a state file
+    missing or damaged on one rank): they all go on, or all stop with the same error.
+    """
+    rank, world_size = _world()
+    if world_size == 1:
+        return [int(code)]
+    codes = torch.zeros(world_size, dtype=torch.int64)
+    codes[rank] = int(code)
+    buffer = codes.to(_reduce_device())
+    dist.all_reduce(buffer, op=dist.ReduceOp.SUM)
+    return [int(c) for c in buffer.cpu().tolist()]

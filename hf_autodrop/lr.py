@@ -10,6 +10,7 @@ drops, and survives the scheduler's own `state_dict()` on resume.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 
 import torch
@@ -18,6 +19,9 @@ __all__ = ["LRGroups", "dropped_lr", "unwrap_optimizer", "unwrap_scheduler"]
 
 # Schedulers that own the lr themselves and would silently undo (or fight) a drop.
 _UNSUPPORTED = ("ReduceLROnPlateau", "OneCycleLR", "CyclicLR", "GreedyLR")
+# Schedulers that anneal towards an absolute floor: once drops take the base lr below `eta_min`, every
+# cycle climbs back above the dropped lr.
+_ANNEALING_TO_ETA_MIN = ("CosineAnnealingLR", "CosineAnnealingWarmRestarts")
 
 
 def unwrap_optimizer(optimizer):
@@ -65,23 +69,31 @@ class LRGroups:
     """
 
     def __init__(self, optimizer, scheduler=None, min_lr: float | None = None):
-        self.optimizer = unwrap_optimizer(optimizer)
-        if not hasattr(self.optimizer, "param_groups"):
+        self.optimizer = optimizer = unwrap_optimizer(optimizer)
+        if not hasattr(optimizer, "param_groups"):
             raise TypeError(f"optimizer must be a torch Optimizer, got {type(optimizer).__name__}")
-        self.scheduler = unwrap_scheduler(scheduler)
-        if self.scheduler is not None and not callable(getattr(self.scheduler, "step", None)):
-            raise TypeError(f"scheduler must be a torch LRScheduler (or None), got {type(self.scheduler).__name__}")
-        if self.scheduler is not None:
-            names = {type(s).__name__ for s in _all_schedulers(self.scheduler)}
+        self.scheduler = scheduler = unwrap_scheduler(scheduler)
+        if scheduler is not None and not callable(getattr(scheduler, "step", None)):
+            raise TypeError(f"scheduler must be a torch LRScheduler (or None), got {type(scheduler).__name__}")
+        if scheduler is not None:
+            names = {type(s).__name__ for s in _all_schedulers(scheduler)}
             bad = names.intersection(_UNSUPPORTED)
             if bad or self._base_lr_owner() is None:
                 raise ValueError(
-                    f"AutoDrop cannot work with {sorted(bad) or type(self.scheduler).__name__}: this scheduler "
+                    f"AutoDrop cannot work with {sorted(bad) or type(scheduler).__name__}: this scheduler "
                     "sets the learning rate itself and would undo or fight every drop. Use no scheduler, a "
                     "constant one (optionally with warm-up, e.g. get_constant_schedule_with_warmup) or any "
                     "LambdaLR/StepLR-like scheduler."
                 )
-        for i, group in enumerate(self.optimizer.param_groups):
+            for s in _all_schedulers(scheduler):
+                if type(s).__name__ in _ANNEALING_TO_ETA_MIN and getattr(s, "eta_min", 0) != 0:
+                    raise ValueError(
+                        f"AutoDrop cannot work with {type(s).__name__}(eta_min={s.eta_min}): the schedule anneals "
+                        "towards the absolute floor eta_min, so once drops take the lr below it every cycle "
+                        "climbs back above the dropped lr. Use eta_min=0 and AutoDrop's own floor "
+                        "(AutoDropConfig.min_lr), or a LambdaLR schedule with a relative floor."
+                    )
+        for i, group in enumerate(optimizer.param_groups):
             lr = group.get("lr")
             if isinstance(lr, torch.Tensor):
                 raise TypeError(f"param group {i} has a tensor lr; AutoDrop needs a Python float lr")
@@ -90,9 +102,26 @@ class LRGroups:
                     f"param group {i} has lr={lr!r}; AutoDrop needs an explicit learning rate in every param "
                     "group (for transformers' Adafactor pass lr=... with relative_step=False)."
                 )
+            if not math.isfinite(lr) or lr < 0:
+                raise ValueError(f"param group {i} has lr={lr!r}; AutoDrop needs a finite learning rate >= 0.")
         self.initial = self.base_lrs()
+        for i, lr in enumerate(self.initial):
+            if not math.isfinite(lr) or lr < 0:
+                raise ValueError(
+                    f"the scheduler's base lr of param group {i} is {lr!r}; AutoDrop needs a finite base lr >= 0."
+                )
         self.floors = [min_lr if min_lr is not None else 1e-3 * lr for lr in self.initial]
         self.scales = [1.0] * len(self.initial)
+
+    def check_groups(self) -> None:
+        """Raise when the optimizer's param groups are no longer the ones AutoDrop was built for."""
+        groups = len(self.optimizer.param_groups)
+        if groups != len(self.initial):
+            raise RuntimeError(
+                f"The optimizer now has {groups} param groups but had {len(self.initial)} when AutoDrop was "
+                "built (add_param_group after AutoDrop?): the new group would never drop and its parameters "
+                "are not measured. Add every param group before building AutoDrop."
+            )
 
     def _base_lr_owner(self):
         """The (first) scheduler holding `base_lrs`: `SequentialLR` itself has none, its children do."""
@@ -136,10 +165,13 @@ class LRGroups:
     def state_dict(self) -> dict:
         return {"initial": list(self.initial), "floors": list(self.floors), "scales": list(self.scales)}
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict, min_lr: float | None | str = "saved") -> None:
+        """Restore; with `min_lr` other than `"saved"`, the floors are recomputed from it (a changed config)."""
         n = len(self.optimizer.param_groups)
         if any(len(state[k]) != n for k in ("initial", "floors", "scales")):
             raise ValueError(f"AutoDrop state has {len(state['initial'])} param groups but the optimizer has {n}")
         self.initial = [float(x) for x in state["initial"]]
         self.floors = [float(x) for x in state["floors"]]
         self.scales = [float(x) for x in state["scales"]]
+        if min_lr != "saved":
+            self.floors = [min_lr if min_lr is not None else 1e-3 * lr for lr in self.initial]

@@ -345,7 +345,7 @@ class TestResume:
     def test_corrupt_state_file_is_an_error(self, straight, tmp_path):
         ckpt = self._copy_epoch_4(straight, tmp_path)
         (ckpt / STATE_FILE).write_bytes(b"not a torch file")
-        with pytest.raises(RuntimeError, match="unreadable"):
+        with pytest.raises(ValueError, match="unreadable"):
             self._resumed_trainer(tmp_path).train(resume_from_checkpoint=str(ckpt))
 
     def test_state_of_other_parameter_shapes_is_an_error(self, straight, tmp_path):

@@ -8,10 +8,14 @@ run exactly, and resuming that checkpoint on another number of processes is a cl
 
 import json
 import math
+import os
+import shutil
+import subprocess
 
 import pytest
+import torch
 
-from ._distributed import BIN, launch, run_once
+from ._distributed import BIN, REPO, launch, run_once
 
 EPOCHS = 10
 # On this task the angle change first falls below 0.6 degrees at epoch 6 (by 0.2 degrees, far more than
@@ -79,7 +83,7 @@ def test_each_process_resumes_from_its_own_state_file(runs):
     ]
     for rank in (0, 1):
         full, resumed = ddp["full", rank], ddp["resumed", rank]
-        assert resumed["measurements"] == full["measurements"][RESUME_EPOCH:]
+        assert resumed["measurements"] == full["measurements"]  # the history up to the checkpoint comes back too
         assert resumed["params"] == full["params"]
 
 
@@ -89,3 +93,53 @@ def test_resuming_on_another_number_of_processes_is_a_clear_error(runs, tmp_path
     _, _, out = runs
     with pytest.raises(ValueError, match=r"written by 2 process\(es\) but this run has 1"):
         run(str(out), 32, RESUME_EPOCH * STEPS_PER_EPOCH)
+
+
+def _damaged_copy(out, tmp_path, damage) -> str:
+    """A copy of the epoch-6 checkpoint whose trainer_state.json points to the copy; `damage(folder)` edits it."""
+    step = RESUME_EPOCH * STEPS_PER_EPOCH
+    ckpt = tmp_path / f"checkpoint-{step}"
+    shutil.copytree(out / ckpt.name, ckpt)
+    path = ckpt / "trainer_state.json"
+    state = json.loads(path.read_text())
+    state["stateful_callbacks"]["AutoDropCallback"]["attributes"]["_checkpoint"]["file"] = str(
+        ckpt / "autodrop_state-rank0-of-2.pt"
+    )
+    path.write_text(json.dumps(state))
+    damage(ckpt)
+    return str(step)
+
+
+def _resume_on_two_processes(folder, step) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    argv = [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", "tests/scripts/trainer_run.py"]
+    return subprocess.run(
+        argv + [str(folder), "16", step, "resume-only"], cwd=REPO, env=env, capture_output=True, text=True, timeout=240
+    )
+
+
+def _flip_a_bit_in_rank_1s_snapshot(ckpt):
+    path = ckpt / "autodrop_state-rank1-of-2.pt"
+    payload = torch.load(path, weights_only=True)
+    payload["autodrop"]["snapshot"][0].view(torch.int32)[5] ^= 1 << 30
+    torch.save(payload, path)
+
+
+@pytest.mark.parametrize(
+    "damage, status",
+    [
+        (lambda ckpt: (ckpt / "autodrop_state-rank1-of-2.pt").unlink(), "{1: 'missing'}"),
+        (_flip_a_bit_in_rank_1s_snapshot, "{1: 'unloadable'}"),
+    ],
+    ids=["rank-1-file-missing", "rank-1-file-corrupt"],
+)
+def test_every_process_stops_when_one_cannot_resume(runs, tmp_path, damage, status):
+    _, _, out = runs
+    step = _damaged_copy(out, tmp_path, damage)
+    proc = _resume_on_two_processes(tmp_path, step)
+    assert proc.returncode != 0
+    # Both processes raise the same error (none hangs in a collective, none trains on alone).
+    errors = [line for line in proc.stderr.splitlines() if "AutoDrop cannot resume on every process" in line]
+    assert len(errors) >= 2 and all(status in line for line in errors), proc.stderr[-4000:]
+    assert "this process: loaded" in proc.stderr
+    assert not list(tmp_path.glob("resumed-rank*.json"))

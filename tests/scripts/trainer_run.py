@@ -1,8 +1,9 @@
 """A Trainer run with AutoDropCallback, on one process or under torchrun (DDP, gloo, CPU).
 
-Usage: torchrun --standalone --nproc_per_node 2 tests/scripts/trainer_run.py OUT_DIR PER_DEVICE_BATCH RESUME_STEP
+Usage: torchrun --standalone --nproc_per_node 2 tests/scripts/trainer_run.py OUT_DIR PER_DEVICE_BATCH RESUME_STEP [resume-only]
 Writes OUT_DIR/full-rank{R}.json and OUT_DIR/resumed-rank{R}.json: the AutoDrop measurements each
-process saw and its final parameters, for a full run and for a run resumed from checkpoint-RESUME_STEP.
+process saw and its final parameters, for a full run and for a run resumed from checkpoint-RESUME_STEP
+(with `resume-only`, only the resumed run).
 """
 
 import json
@@ -50,7 +51,8 @@ def main() -> None:
     out, batch, resume = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     torch.set_num_threads(1)
     rank = int(os.environ.get("RANK", "0"))
-    for name, start in (("full", None), ("resumed", resume)):
+    runs = [("resumed", resume)] if sys.argv[4:] == ["resume-only"] else [("full", None), ("resumed", resume)]
+    for name, start in runs:
         record = run(out, batch, start)
         with open(os.path.join(out, f"{name}-rank{rank}.json"), "w") as f:
             json.dump(record, f)
