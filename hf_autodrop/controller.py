@@ -157,6 +157,7 @@ class AutoDrop:
         flat = OffloadedFlatCopy if self.config.offload_to_cpu else FlatCopy
         self._snapshot = flat.of(params, self._shards.counted)  # x_(t-1)
         self._displacement = flat(params, self._shards.counted)  # -s_(t-1), valid when self._t >= 2
+        self._displacement.zero_()  # read (and ignored) by the first interval's sums
         self._average: FlatCopy | None = None  # running weighted average while averaging
         self._buffer_average: FlatCopy | None = None
 
@@ -184,17 +185,14 @@ class AutoDrop:
         self._interval += 1
         self._t += 1
 
-        # The snapshot buffer becomes -s_t = x_(t-1) - x_t in place (displacements are kept negated,
-        # which changes no angle or norm); the buffer that held -s_(t-1) is free once the sums are
-        # taken and becomes the new snapshot x_t. No third copy is needed.
-        params = self._shards.tensors()
-        self._snapshot.subtract(params)
+        # One fused pass: the snapshot buffer becomes -s_t = x_(t-1) - x_t in place (displacements are
+        # kept negated, which changes no angle or norm), the sums are taken, and the buffer that held
+        # -s_(t-1) becomes the new snapshot x_t. No third copy is needed.
         displacement, spare = self._snapshot, self._displacement
         # Partial sums over this process's elements; one all-reduce makes them global (none under DDP),
         # so every process takes the same decision below.
-        sums = self._shards.all_reduce(displacement.sums(spare if self._t >= 2 else displacement))
+        sums = self._shards.all_reduce(displacement.advance(self._shards.tensors(), spare))
         dot, norm_sq, prev_norm_sq = sums.tolist()
-        spare.copy_from(params)
         self._snapshot, self._displacement = spare, displacement
 
         finite = math.isfinite(norm_sq)
