@@ -19,7 +19,7 @@ def __getattr__(name: str):
         from .callback import AutoDropCallback
 
         return AutoDropCallback
-    if name in ("models", "hub", "callback", "demo", "experiments"):
+    if name in ("models", "hub", "callback", "demo"):
         import importlib
 
         return importlib.import_module(f".{name}", __name__)

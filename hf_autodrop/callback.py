@@ -82,9 +82,7 @@ class AutoDropCallback(TrainerCallback, ExportableState):
     """
 
     def __init__(self, config: AutoDropConfig | dict | None = None, **fields):
-        if isinstance(config, dict):
-            config = AutoDropConfig(**config)
-        self.config = (config or AutoDropConfig()).replace(**fields) if fields else (config or AutoDropConfig())
+        self.config = AutoDropConfig.coerce(config, **fields)
         self.autodrop: AutoDrop | None = None
         self.measurements: list[dict] = []
         # Set by the Trainer (from trainer_state.json) when it rebuilds this callback on resume.

@@ -155,3 +155,22 @@ class AutoDropConfig:
     def to_dict(self) -> dict:
         """The fields as a plain JSON-serialisable dict."""
         return dataclasses.asdict(self)
+
+    @classmethod
+    def coerce(cls, config: AutoDropConfig | dict | None = None, **overrides: object) -> AutoDropConfig:
+        """The configuration `AutoDrop` and `AutoDropCallback` take: an `AutoDropConfig`, a dict of its
+        fields or None (the defaults), with single fields replaced by `overrides`.
+
+        Unknown field names raise `TypeError` (listing the valid ones), invalid values `ValueError`.
+
+        Example:
+            >>> AutoDropConfig.coerce({"drop_factor": 0.5}, drop_delay=3) == AutoDropConfig(drop_factor=0.5, drop_delay=3)
+            True
+        """
+        if config is None:
+            config = cls()
+        elif isinstance(config, dict):
+            config = cls().replace(**config)
+        elif not isinstance(config, cls):
+            raise TypeError(f"config must be an AutoDropConfig or a dict of its fields, got {type(config).__name__}")
+        return config.replace(**overrides) if overrides else config

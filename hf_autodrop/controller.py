@@ -114,7 +114,7 @@ class AutoDrop:
         optimizer: the optimizer whose learning rates AutoDrop drops.
         scheduler: optional torch `LRScheduler`; AutoDrop scales its `base_lrs` so that its
             next step keeps the drop and its shape (warm-up, ...) is kept, multiplied.
-        config: an `AutoDropConfig`; keyword `overrides` replace single fields.
+        config: an `AutoDropConfig` or a dict of its fields; keyword `overrides` replace single fields.
 
     The snapshot x_0 is taken here: build `AutoDrop` when training starts, after the model is
     wrapped or sharded.
@@ -134,14 +134,12 @@ class AutoDrop:
         (3, True)
     """
 
-    def __init__(self, model_or_params, optimizer, scheduler=None, config: AutoDropConfig | None = None, **overrides):
-        if config is None:
-            config = AutoDropConfig()
-        elif not isinstance(config, AutoDropConfig):
-            raise TypeError(f"config must be an AutoDropConfig, got {type(config).__name__}")
+    def __init__(
+        self, model_or_params, optimizer, scheduler=None, config: AutoDropConfig | dict | None = None, **overrides
+    ):
         if isinstance(scheduler, AutoDropConfig):
             raise TypeError("the third argument is the scheduler; pass the configuration as config=AutoDropConfig(...)")
-        self.config = config.replace(**overrides) if overrides else config
+        self.config = AutoDropConfig.coerce(config, **overrides)
         self._params, buffers = _split_model(model_or_params)
         if not self._params:
             raise ValueError(
@@ -172,7 +170,7 @@ class AutoDrop:
         if self.config.offload_to_cpu:
             # The end-of-interval snapshot is copied to CPU memory while the next steps compute; the
             # optimizer must not update the parameters before that copy has read them.
-            _innermost(self._lr.optimizer).register_step_pre_hook(self._before_optimizer_step)
+            self._lr.optimizer.register_step_pre_hook(self._before_optimizer_step)
 
     def _before_optimizer_step(self, *args) -> None:
         self._snapshot.wait_before_overwrite()
@@ -431,14 +429,6 @@ class AutoDrop:
         self._num_drops = int(state["num_drops"])
         self._recent = [float(a) for a in state["recent_angles"]]
         self._warned_zero = bool(state["warned_zero"])
-
-
-def _innermost(optimizer):
-    """The optimizer whose own `step()` updates the parameters, below wrappers that subclass
-    `torch.optim.Optimizer` without its hooks (accelerate's `AcceleratedOptimizer`)."""
-    while isinstance(getattr(optimizer, "optimizer", None), torch.optim.Optimizer):
-        optimizer = optimizer.optimizer
-    return optimizer
 
 
 def _fmt(lrs: list[float]) -> str:
