@@ -32,11 +32,8 @@ class AutoDropConfig:
         max_threshold (`float`, defaults to 1.0):
             theta_max, in degrees: the threshold grows by `1 / drop_factor` at every drop up to this cap.
         detector (`str`, defaults to `"trend"`):
-            The saturation test (see `hf_autodrop.detectors`). `"trend"` (noise-adaptive, nothing in
-            degrees to tune): fit a line to the angles of the latter half of the intervals since the
-            start or the last drop (at least `trend_window` of them); omega has saturated when the drift
-            over that window that the fit allows (slope plus one standard error) is below `trend_z`
-            times the angles' scatter around the line. The tolerance grows with the threshold's ratio
+            The saturation test; `hf_autodrop.detectors` explains both. `"trend"`: a line fitted to the
+            latest angles (noise-adaptive, nothing in degrees to tune). Its tolerance grows with the threshold's ratio
             `threshold_now / threshold` (capped by `max_threshold / threshold`), like the paper's
             threshold. `"paper"`: the paper's test, abs(omega_t - omega_(t-1)) < threshold degrees
             (docs/results/saturation.md shows why it rarely fires outside long per-epoch runs).

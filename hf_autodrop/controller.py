@@ -34,9 +34,8 @@ class Measurement:
             fewer than two displacements since the last reset, a zero displacement, or NaN/Inf).
         angle_change: abs(omega_t - omega_(t-1)) (NaN when either is undefined).
         statistic: the saturation test's statistic at this interval: `angle_change` for the paper's
-            test; for `"trend"`, the drift of omega over its window that the fitted slope allows (one
-            standard error included), in units of omega's scatter (NaN while undefined). A trigger
-            needs it below `threshold` (as it stood before this interval).
+            test; for `"trend"`, `detectors.trend_statistic` of its window, in units of omega's scatter
+            (NaN while undefined). A trigger needs it below `threshold` (as it stood before this interval).
         threshold: the test's tolerance in effect from now on: degrees for `"paper"`, units of omega's
             scatter for `"trend"`.
         phase: "monitor" or "averaging".
@@ -103,8 +102,7 @@ class AutoDrop:
 
     Call `step()` at the end of every interval (an epoch, or a fixed number of optimizer updates).
     It measures the angle between the last two parameter displacements, and when the saturation test
-    says the angle has stopped changing (`config.detector`: by default a trend fit over the latter half
-    of the intervals since the last drop; or the paper's threshold on its change) it averages the next
+    says the angle has stopped changing (`config.detector`, see `hf_autodrop.detectors`) it averages the next
     `drop_delay` snapshots, writes the average into the parameters and multiplies every param group's
     learning rate by `drop_factor`.
 
