@@ -26,10 +26,11 @@ __all__ = ["angle_degrees", "partial_sums", "angle_from_sums", "chunk_dots", "ch
 # Elements converted to float64 at a time by the exact path: bounds its temporary memory (2 x 8 MiB).
 _EXACT_CHUNK = 1 << 20
 # Elements per chunk of the fast path. On the CPU small enough that the chunks of every buffer one fused
-# pass touches (three buffers, the parameters and a scratch: 5 x 1 MiB) stay in the last-level cache
-# between its operations; on accelerators large, so that kernel launches stay few.
-_CHUNK = 1 << 18
-_DEVICE_CHUNK = 1 << 24
+# pass touches (three buffers, the parameters and a scratch: 5 x 4 MiB) stay in a server's last-level
+# cache between its operations, and large enough that a loaded machine does not pay for many small
+# multi-threaded operations; on accelerators large, so that kernel launches stay few.
+_CHUNK = 1 << 20
+_DEVICE_CHUNK = 1 << 22
 # Elements summed in float32 before their sum joins a float64 total, and how many such blocks a chunk needs.
 _BLOCK = 1 << 10
 _MIN_BLOCKS = 64

@@ -60,6 +60,7 @@ class FlatCopy:
         """Use `flats` as storage and cut the per-tensor views out of them (counted tensors first)."""
         self.flats = flats
         self._chunk_cache: dict = {}
+        self._scratch_cache: dict = {}
         # This process's |buffer|^2 as the last `advance` computed it; None once anything else writes the buffer.
         self._norm_sq: float | None = None
         offsets = dict.fromkeys(self.devices, 0)
@@ -174,7 +175,7 @@ class FlatCopy:
             chunk = chunk_elements(device)
             counted = self._counted_sizes[device]
             table = torch.empty((-(-counted // chunk), pairs + len(extra)), dtype=torch.float64, device=device)
-            scratch = _scratch(chunk, counted, max(pairs, len(extra)), device)
+            scratch = self._scratch(d, chunk, counted, max(pairs, len(extra)))
             for row, (lo, hi, pieces) in enumerate(self._chunks(d, chunk)):
                 sources = [flat_tensors[i][a : a + n] for i, a, _, n in pieces]
                 torch._foreach_sub_([mine[f : f + n] for _, _, f, n in pieces], sources)
@@ -195,6 +196,22 @@ class FlatCopy:
         spare._norm_sq = None
         self._norm_sq = float(total[1])
         return total
+
+    def _scratch(self, d: int, chunk: int, counted: int, pairs: int) -> torch.Tensor:
+        """Room for the products of one chunk on device `d` and its block sums (see `angles.chunk_dots`).
+
+        Kept between intervals on the CPU (a few MiB), where a fresh allocation of that size costs page
+        faults at every interval; accelerators' caching allocators reuse their blocks by themselves.
+        """
+        blocks = -(-min(chunk, max(counted, 1)) // _BLOCK)
+        numel = blocks * (_BLOCK + pairs)
+        device = self.devices[d]
+        scratch = self._scratch_cache.get(d)
+        if scratch is None or scratch.numel() < numel:
+            scratch = torch.empty(numel, dtype=torch.float32, device=device)
+            if device.type == "cpu":
+                self._scratch_cache[d] = scratch
+        return scratch
 
     def _before_read(self) -> None:
         """Wait for whatever is still writing the buffer (nothing here; see `OffloadedFlatCopy`)."""
@@ -341,12 +358,6 @@ class OffloadedFlatCopy(FlatCopy):
         super().load(flats, name)
 
 
-def _scratch(chunk: int, counted: int, pairs: int, device: torch.device) -> torch.Tensor:
-    """Room for the products of one chunk and its block sums (see `angles.chunk_dots`)."""
-    blocks = -(-min(chunk, max(counted, 1)) // _BLOCK)
-    return torch.empty(blocks * (_BLOCK + pairs), dtype=torch.float32, device=device)
-
-
 def _chunk_pairs(pairs: Sequence[tuple], d: int, lo: int, hi: int, device: torch.device) -> list:
     """The elements `lo:hi` of the buffers of device `d` of every term of `pairs`, on `device`."""
 
@@ -386,7 +397,7 @@ def flat_sums(pairs: Sequence[tuple]) -> torch.Tensor:
         chunk = min(chunk_elements(device), _CHUNK) if offloaded else chunk_elements(device)
         counted = layout._counted_sizes[device]
         table = torch.empty((-(-counted // chunk), len(pairs)), dtype=torch.float64, device=device)
-        scratch = _scratch(chunk, counted, len(pairs), device)
+        scratch = layout._scratch(d, chunk, counted, len(pairs))
         for row, lo in enumerate(range(0, counted, chunk)):
             hi = min(lo + chunk, counted)
             chunk_dots(_chunk_pairs(pairs, d, lo, hi, device), table[row], scratch)
