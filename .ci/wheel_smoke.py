@@ -50,7 +50,9 @@ def check_core_and_callback() -> None:
     torch.manual_seed(0)
     model = torch.nn.Linear(8, 2)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    autodrop = hf_autodrop.AutoDrop(model, optimizer, detector="paper", threshold=180.0, drop_delay=1)
+    autodrop = hf_autodrop.AutoDrop(
+        model, optimizer, detector="paper", threshold=180.0, max_threshold=180.0, drop_delay=1
+    )
     for _ in range(4):
         for _ in range(5):
             optimizer.zero_grad()
