@@ -282,5 +282,11 @@ def main(argv: list[str] | None = None) -> dict:
     return record
 
 
+def console() -> None:
+    """The `hf-autodrop-demo` console script. Console scripts exit with `sys.exit(<return value>)`, so
+    this returns nothing: `main()`'s record would be printed to stderr with exit status 1."""
+    main()
+
+
 if __name__ == "__main__":
     main()
