@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 
-.PHONY: demo test setup-demo setup-dev lint bench
+.PHONY: demo test setup-demo setup-dev lint bench wheel-check
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,3 +37,16 @@ lint: setup-dev
 bench: setup-dev
 	$(PY) bench/overhead.py
 	$(OFFLINE) $(PY) bench/data_pipeline.py
+
+# The library as users get it: build the wheel, install it (not editable) with the demo extra into a
+# fresh venv, and run .ci/wheel_smoke.py from a directory outside the checkout.
+WHEEL_DIR ?= build/wheel-check
+wheel-check:
+	rm -rf $(WHEEL_DIR) && mkdir -p $(WHEEL_DIR)/run
+	$(PYTHON) -m venv $(WHEEL_DIR)/venv
+	$(WHEEL_DIR)/venv/bin/python -m pip install -q --upgrade pip
+	$(WHEEL_DIR)/venv/bin/python -m pip install -q "torch==2.14.1"
+	$(WHEEL_DIR)/venv/bin/python -m pip wheel -q --no-deps -w $(WHEEL_DIR)/dist .
+	$(WHEEL_DIR)/venv/bin/python -m pip install -q "$$(ls $(WHEEL_DIR)/dist/hf_autodrop-*.whl)[demo]"
+	cp .ci/wheel_smoke.py $(WHEEL_DIR)/run/
+	cd $(WHEEL_DIR)/run && $(OFFLINE) ../venv/bin/python wheel_smoke.py

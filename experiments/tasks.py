@@ -42,32 +42,20 @@ class TensorDataset(torch.utils.data.Dataset):
 @functools.lru_cache(maxsize=1)
 def digits_splits() -> tuple[TensorDataset, TensorDataset, TensorDataset]:
     """(train 997, validation 300, test 500) of scikit-learn's digits; the split is fixed (seed 0)."""
-    from sklearn.datasets import load_digits
+    from hf_autodrop.demo import load_digits_arrays
 
-    x, y = load_digits(return_X_y=True)
+    x, y = load_digits_arrays()
     order = np.random.default_rng(0).permutation(len(y))
-    x = torch.from_numpy((x[order] / 16.0).astype(np.float32)).reshape(-1, 1, 8, 8)
-    y = torch.from_numpy(y[order].astype(np.int64))
+    x, y = torch.from_numpy(x[order]).reshape(-1, 1, 8, 8), torch.from_numpy(y[order])
     cuts = [(0, 997), (997, 1297), (1297, 1797)]
-    return tuple(TensorDataset(x=x[a:b], labels=y[a:b]) for a, b in cuts)
+    return tuple(TensorDataset(pixel_values=x[a:b], labels=y[a:b]) for a, b in cuts)
 
 
-class DigitsCNN(nn.Module):
-    """Two 3x3 convolutions (16, 32 channels), a 2x2 max-pool and a 64-unit hidden layer (42 k parameters)."""
+def DigitsCNN() -> nn.Module:
+    """The demo's CNN without BatchNorm and with a 64-unit hidden layer (38 k parameters)."""
+    from hf_autodrop.demo import DigitsCNN
 
-    def __init__(self):
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)
-        )
-        self.head = nn.Sequential(nn.Flatten(), nn.Linear(32 * 16, 64), nn.ReLU(), nn.Linear(64, 10))
-
-    def forward(self, x, labels=None):
-        logits = self.head(self.features(x))
-        out = {"logits": logits}
-        if labels is not None:
-            out["loss"] = nn.functional.cross_entropy(logits, labels)
-        return out
+    return DigitsCNN(batchnorm=False, hidden=64)
 
 
 # ---------------------------------------------------------------------------- char LM

@@ -14,12 +14,12 @@ __all__ = ["AutoDrop", "AutoDropCallback", "AutoDropConfig", "Measurement", "ang
 
 
 def __getattr__(name: str):
-    # Lazy: transformers (callback) and timm (models, hub) load only when asked for.
+    # Lazy: transformers (callback, demo) and timm (models) load only when asked for.
     if name == "AutoDropCallback":
         from .callback import AutoDropCallback
 
         return AutoDropCallback
-    if name in ("models", "hub", "callback", "demo", "experiments"):
+    if name in ("models", "callback", "demo"):
         import importlib
 
         return importlib.import_module(f".{name}", __name__)

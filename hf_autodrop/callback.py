@@ -15,6 +15,7 @@ import torch
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
+from . import _trainer_link
 from .config import AutoDropConfig
 from .controller import AutoDrop, Measurement
 from .distributed import agree
@@ -50,11 +51,10 @@ class AutoDropCallback(TrainerCallback, ExportableState):
     """Drops the `Trainer`'s learning rate automatically when the angular velocity saturates.
 
     `Trainer(..., callbacks=[AutoDropCallback()])` is all it takes. AutoDrop measures once per epoch
-    (or every `interval_steps` optimizer updates), logs the `autodrop/*` metrics into
-    `trainer.state.log_history`, and drops the lr of every param group, keeping the base schedule's
-    shape (use `lr_scheduler_type="constant"` or `"constant_with_warmup"`). To send the metrics to
-    the `report_to` integrations (TensorBoard, W&B, ...) as well, add the callback with
-    `hf_autodrop.callback.install(trainer)` instead (the README explains why a plain callback cannot).
+    (or every `interval_steps` optimizer updates), logs the `autodrop/*` metrics through the
+    Trainer's own `log` (so into `state.log_history` and every `report_to` integration: TensorBoard,
+    W&B, MLflow, ...), and drops the lr of every param group, keeping the base schedule's shape (use
+    `lr_scheduler_type="constant"` or `"constant_with_warmup"`).
 
     Checkpoints hold AutoDrop's tensors in `checkpoint-N/autodrop_state.pt` (with several processes, one
     `autodrop_state-rank{R}-of-{W}.pt` per process), written atomically before the Trainer writes the
@@ -106,15 +106,7 @@ class AutoDropCallback(TrainerCallback, ExportableState):
     def __init__(self, config: AutoDropConfig | dict | None = None, **fields):
         if self.__dict__.pop("_restoring", False):
             return  # the live instance handed back on resume keeps its own config; the saved one is checked on load
-        if config is not None and not isinstance(config, (AutoDropConfig, dict)):
-            raise TypeError(
-                f"AutoDropCallback's only positional argument is the config (an AutoDropConfig or a dict), got "
-                f"{config!r}; pass single fields by name, e.g. AutoDropCallback(drop_factor={config!r})."
-            )
-        if isinstance(config, dict):
-            config = AutoDropConfig(**config)
-        config = config if config is not None else AutoDropConfig()
-        self.config = config.replace(**fields) if fields else config
+        self.config = AutoDropConfig.coerce(config, **fields)
         self.autodrop: AutoDrop | None = None
         self.measurements: list[dict] = []
         # Set by the Trainer (from trainer_state.json) when it rebuilds this callback on resume.
@@ -122,7 +114,8 @@ class AutoDropCallback(TrainerCallback, ExportableState):
         self._run_id = uuid.uuid4().hex
         self._output_dir = "."
         self._global_step = 0
-        self._trainer_ref = None  # set through `install` to reach the reporting integrations
+        self._trainer_ref = None  # the Trainer to log through (found at on_init_end / on_train_begin)
+        self._warned_unlinked = False
         self._warned_schedule = False
         self._warned_fraction = False
         self._every: int | None = None  # optimizer steps per interval; None = once per epoch
@@ -160,10 +153,12 @@ class AutoDropCallback(TrainerCallback, ExportableState):
     def on_init_end(self, args, state, control, **kwargs):
         self._claim(state)
         self._check_schedule(args)
+        self._link_trainer()
 
     def on_train_begin(self, args, state, control, model=None, optimizer=None, lr_scheduler=None, **kwargs):
         self._claim(state)
         self._check_schedule(args)
+        self._link_trainer()
         self._output_dir, self._global_step = args.output_dir, state.global_step
         self._written_step = self._staged_step = self._flushing = None
         checkpoint, self._checkpoint = self._checkpoint, None  # consumed by this train() only
@@ -323,16 +318,25 @@ class AutoDropCallback(TrainerCallback, ExportableState):
         logs = m.logs()
         trainer = self._trainer_ref() if self._trainer_ref is not None else None
         if trainer is not None:
-            # log_history + every report_to integration, like the Trainer's own logs. The handler's
-            # on_log clears control.should_log, which would swallow the Trainer's pending loss log.
-            pending = control.should_log
-            trainer.log(dict(logs))
-            control.should_log = pending
+            _trainer_link.log(trainer, logs, control)  # log_history + every report_to integration
         else:
             state.log_history.append({**logs, "epoch": state.epoch, "step": state.global_step})
         if m.should_stop:
             logger.info("AutoDrop: every param group is at its floor; stopping training (stop_when_exhausted=True)")
             control.should_training_stop = True
+
+    def _link_trainer(self) -> None:
+        """Find the Trainer running this event (see `_trainer_link`) to log through it."""
+        trainer = _trainer_link.find_trainer()
+        if trainer is not None:
+            self._trainer_ref = weakref.ref(trainer)
+        elif self._trainer_ref is None and not self._warned_unlinked:
+            self._warned_unlinked = True
+            logger.info(
+                "AutoDrop: could not find the Trainer running this callback; the autodrop/* metrics go to "
+                "state.log_history only, not to the report_to integrations. Link it explicitly with "
+                "hf_autodrop.callback.install(trainer)."
+            )
 
     def _check_schedule(self, args) -> None:
         name = _schedule_name(args)
@@ -640,12 +644,12 @@ class _TrainerLink(TrainerCallback):
 
 
 def install(trainer, callback: AutoDropCallback | None = None, **fields) -> AutoDropCallback:
-    """Add AutoDrop to a built `Trainer` so that its metrics also reach the `report_to` integrations.
+    """Add AutoDrop to a built `Trainer`, linked explicitly to `trainer.log`.
 
-    The Trainer runs user callbacks after the reporting integrations and copies `logs` into
-    `log_history` before `on_log`, so a plain callback cannot put metrics in front of TensorBoard or
-    W&B. `install` links the callback to `trainer.log`, the Trainer's own logging path, and the link
-    survives the callback being rebuilt on resume.
+    Not needed with a `transformers.Trainer` (or subclass): `Trainer(callbacks=[AutoDropCallback()])`
+    finds its Trainer by itself. `install` remains for code that already calls it, and for trainers
+    that are not `transformers.Trainer` subclasses but run its callbacks; the link survives the
+    callback being rebuilt on resume.
 
     Example:
         ```python

@@ -32,11 +32,8 @@ class AutoDropConfig:
         max_threshold (`float`, defaults to 1.0):
             theta_max, in degrees: the threshold grows by `1 / drop_factor` at every drop up to this cap.
         detector (`str`, defaults to `"trend"`):
-            The saturation test (see `hf_autodrop.detectors`). `"trend"` (noise-adaptive, nothing in
-            degrees to tune): fit a line to the angles of the latter half of the intervals since the
-            start or the last drop (at least `trend_window` of them); omega has saturated when the drift
-            over that window that the fit allows (slope plus one standard error) is below `trend_z`
-            times the angles' scatter around the line. The tolerance grows with the threshold's ratio
+            The saturation test; `hf_autodrop.detectors` explains both. `"trend"`: a line fitted to the
+            latest angles (noise-adaptive, nothing in degrees to tune). Its tolerance grows with the threshold's ratio
             `threshold_now / threshold` (capped by `max_threshold / threshold`), like the paper's
             threshold. `"paper"`: the paper's test, abs(omega_t - omega_(t-1)) < threshold degrees
             (docs/results/saturation.md shows why it rarely fires outside long per-epoch runs).
@@ -155,3 +152,25 @@ class AutoDropConfig:
     def to_dict(self) -> dict:
         """The fields as a plain JSON-serialisable dict."""
         return dataclasses.asdict(self)
+
+    @classmethod
+    def coerce(cls, config: AutoDropConfig | dict | None = None, **overrides: object) -> AutoDropConfig:
+        """The configuration `AutoDrop` and `AutoDropCallback` take: an `AutoDropConfig`, a dict of its
+        fields or None (the defaults), with single fields replaced by `overrides`.
+
+        Unknown field names raise `TypeError` (listing the valid ones), invalid values `ValueError`.
+
+        Example:
+            >>> AutoDropConfig.coerce({"drop_factor": 0.5}, drop_delay=3) == AutoDropConfig(drop_factor=0.5, drop_delay=3)
+            True
+        """
+        if config is None:
+            config = cls()
+        elif isinstance(config, dict):
+            config = cls().replace(**config)
+        elif not isinstance(config, cls):
+            raise TypeError(
+                f"config must be an AutoDropConfig or a dict of its fields (it is the only positional argument), "
+                f"got {config!r}; pass single fields by name, e.g. drop_factor={config!r}."
+            )
+        return config.replace(**overrides) if overrides else config

@@ -39,9 +39,8 @@ class Measurement:
             fewer than two displacements since the last reset, a zero displacement, or NaN/Inf).
         angle_change: abs(omega_t - omega_(t-1)) (NaN when either is undefined).
         statistic: the saturation test's statistic at this interval: `angle_change` for the paper's
-            test; for `"trend"`, the drift of omega over its window that the fitted slope allows (one
-            standard error included), in units of omega's scatter (NaN while undefined). A trigger
-            needs it below `threshold` (as it stood before this interval).
+            test; for `"trend"`, `detectors.trend_statistic` of its window, in units of omega's scatter
+            (NaN while undefined). A trigger needs it below `threshold` (as it stood before this interval).
         threshold: the test's tolerance in effect from now on: degrees for `"paper"`, units of omega's
             scatter for `"trend"`.
         phase: "monitor" or "averaging".
@@ -183,8 +182,7 @@ class AutoDrop:
 
     Call `step()` at the end of every interval (an epoch, or a fixed number of optimizer updates).
     It measures the angle between the last two parameter displacements, and when the saturation test
-    says the angle has stopped changing (`config.detector`: by default a trend fit over the latter half
-    of the intervals since the last drop; or the paper's threshold on its change) it averages the next
+    says the angle has stopped changing (`config.detector`, see `hf_autodrop.detectors`) it averages the next
     `drop_delay` snapshots, writes the average into the parameters and multiplies every param group's
     learning rate by `drop_factor`.
 
@@ -194,7 +192,7 @@ class AutoDrop:
         optimizer: the optimizer whose learning rates AutoDrop drops.
         scheduler: optional torch `LRScheduler`; AutoDrop scales its `base_lrs` so that its
             next step keeps the drop and its shape (warm-up, ...) is kept, multiplied.
-        config: an `AutoDropConfig`; keyword `overrides` replace single fields.
+        config: an `AutoDropConfig` or a dict of its fields; keyword `overrides` replace single fields.
 
     The snapshot x_0 is taken here: build `AutoDrop` when training starts, after the model is
     wrapped or sharded.
@@ -214,14 +212,12 @@ class AutoDrop:
         (3, True)
     """
 
-    def __init__(self, model_or_params, optimizer, scheduler=None, config: AutoDropConfig | None = None, **overrides):
-        if config is None:
-            config = AutoDropConfig()
-        elif not isinstance(config, AutoDropConfig):
-            raise TypeError(f"config must be an AutoDropConfig, got {type(config).__name__}")
+    def __init__(
+        self, model_or_params, optimizer, scheduler=None, config: AutoDropConfig | dict | None = None, **overrides
+    ):
         if isinstance(scheduler, AutoDropConfig):
             raise TypeError("the third argument is the scheduler; pass the configuration as config=AutoDropConfig(...)")
-        self.config = config.replace(**overrides) if overrides else config
+        self.config = AutoDropConfig.coerce(config, **overrides)
         self._params, buffers = _split_model(model_or_params)
         if not self._params:
             raise ValueError(
@@ -240,7 +236,7 @@ class AutoDrop:
             _check_optimizer_holds(self._params, self._lr.optimizer)
             # Counting the optimizer's steps catches a loop that rebuilt its optimizer: the parameters keep
             # moving while the optimizer AutoDrop drops has stopped stepping.
-            _innermost(self._lr.optimizer).register_step_post_hook(self._count_optimizer_step)
+            self._lr.optimizer.register_step_post_hook(self._count_optimizer_step)
         self._optimizer_steps = 0  # optimizer steps during the current interval (counted when watched)
         self._optimizer_stepped = False  # the optimizer stepped during some earlier interval
 
@@ -248,6 +244,7 @@ class AutoDrop:
         flat = OffloadedFlatCopy if self.config.offload_to_cpu else FlatCopy
         self._snapshot = flat.of(params, self._shards.counted)  # x_(t-1)
         self._displacement = flat(params, self._shards.counted)  # -s_(t-1), valid when self._t >= 2
+        self._displacement.zero_()  # read (and ignored) by the first interval's sums
         self._average: FlatCopy | None = None  # running weighted average while averaging
         self._buffer_average: FlatCopy | None = None
 
@@ -263,7 +260,7 @@ class AutoDrop:
         if self.config.offload_to_cpu:
             # The end-of-interval snapshot is copied to CPU memory while the next steps compute; the
             # optimizer must not update the parameters before that copy has read them.
-            _innermost(self._lr.optimizer).register_step_pre_hook(self._before_optimizer_step)
+            self._lr.optimizer.register_step_pre_hook(self._before_optimizer_step)
 
     def _before_optimizer_step(self, *args) -> None:
         self._snapshot.wait_before_overwrite()
@@ -281,16 +278,14 @@ class AutoDrop:
         self._interval += 1
         self._t += 1
 
-        # The snapshot buffer becomes -s_t = x_(t-1) - x_t in place (displacements are kept negated,
-        # which changes no angle or norm); the buffer that held -s_(t-1) is free once the sums are
-        # taken and becomes the new snapshot x_t. No third copy is needed.
-        self._snapshot.subtract(params)
+        # One fused pass: the snapshot buffer becomes -s_t = x_(t-1) - x_t in place (displacements are
+        # kept negated, which changes no angle or norm), the sums are taken, and the buffer that held
+        # -s_(t-1) becomes the new snapshot x_t. No third copy is needed.
         displacement, spare = self._snapshot, self._displacement
         # Partial sums over this process's elements; one all-reduce makes them global (none under DDP),
         # so every process takes the same decision below.
-        sums = self._shards.all_reduce(displacement.sums(spare if self._t >= 2 else displacement))
+        sums = self._shards.all_reduce(displacement.advance(params, spare))
         dot, norm_sq, prev_norm_sq = sums.tolist()
-        spare.copy_from(params)
         self._snapshot, self._displacement = spare, displacement
 
         finite = math.isfinite(norm_sq)
@@ -438,9 +433,11 @@ class AutoDrop:
     def _report_bad_values(self, finite: bool, norm_sq: float, prev_norm_sq: float) -> None:
         if not finite:
             logger.warning(
-                "AutoDrop: the parameter displacement at interval %d is NaN/Inf; no trigger or drop at "
-                "this interval, training goes on.",
+                "AutoDrop: the parameter displacement at interval %d is NaN/Inf (or too large for the float32 "
+                "products of the interval sums, elements beyond ~1e19); no trigger or drop at this interval%s, "
+                "training goes on.",
                 self._interval,
+                "; it is left out of the running average" if self._phase == AVERAGING else "",
             )
         elif norm_sq == 0.0 or (self._t >= 2 and prev_norm_sq == 0.0):
             if not self._warned_zero:
@@ -675,14 +672,6 @@ class AutoDrop:
 
 def _fmt_changes(changed: dict) -> str:
     return ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items())
-
-
-def _innermost(optimizer):
-    """The optimizer whose own `step()` updates the parameters, below wrappers that subclass
-    `torch.optim.Optimizer` without its hooks (accelerate's `AcceleratedOptimizer`)."""
-    while isinstance(getattr(optimizer, "optimizer", None), torch.optim.Optimizer):
-        optimizer = optimizer.optimizer
-    return optimizer
 
 
 def _fmt(lrs: list[float]) -> str:

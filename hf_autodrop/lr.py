@@ -25,8 +25,14 @@ _ANNEALING_TO_ETA_MIN = ("CosineAnnealingLR", "CosineAnnealingWarmRestarts")
 
 
 def unwrap_optimizer(optimizer):
-    """The torch optimizer behind wrappers such as accelerate's `AcceleratedOptimizer`."""
-    while not isinstance(optimizer, torch.optim.Optimizer) and hasattr(optimizer, "optimizer"):
+    """The innermost optimizer: the one whose own `step()` updates the parameters.
+
+    Wrappers keep the optimizer they wrap in `.optimizer` and share its `param_groups`: accelerate's
+    `AcceleratedOptimizer` (itself a `torch.optim.Optimizer` subclass, so "stop at the first torch
+    optimizer" would stop too early), DeepSpeed's ZeRO optimizers. Follow that chain to its end: the
+    lr is set there and step hooks registered there run at every real update.
+    """
+    while hasattr(getattr(optimizer, "optimizer", None), "param_groups") and optimizer.optimizer is not optimizer:
         optimizer = optimizer.optimizer
     return optimizer
 

@@ -2,26 +2,17 @@
 
 from __future__ import annotations
 
-import functools
-
-import numpy as np
 import torch
 from torch import nn
 
-
-@functools.lru_cache(maxsize=1)
-def _digits():
-    from sklearn.datasets import load_digits
-
-    x, y = load_digits(return_X_y=True)
-    return (x / 16.0).astype(np.float32), y.astype(np.int64)
+from hf_autodrop.demo import load_digits_arrays
 
 
 class Digits(torch.utils.data.Dataset):
     """scikit-learn's digits as {"x": (64,), "labels": ()} items; `n` first examples of a split."""
 
     def __init__(self, split: str = "train", n: int | None = None, image: bool = False):
-        x, y = _digits()
+        x, y = load_digits_arrays()
         cut = 1400
         x, y = (x[:cut], y[:cut]) if split == "train" else (x[cut:], y[cut:])
         if n is not None:

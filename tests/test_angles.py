@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from hf_autodrop import angle_degrees
+from hf_autodrop import AutoDrop, angle_degrees
 
 
 def test_known_angles():
@@ -57,3 +57,34 @@ def test_bad_input():
         angle_degrees(torch.ones(2), torch.ones(3))
     with pytest.raises(TypeError, match="floating-point"):
         angle_degrees(torch.ones(2, dtype=torch.int64), torch.ones(2))
+
+
+def _float32_blas_angle(a: torch.Tensor, b: torch.Tensor) -> float:
+    dot, na, nb = torch.dot(a, b).item(), torch.dot(a, a).item(), torch.dot(b, b).item()
+    return math.degrees(math.acos(max(-1.0, min(1.0, dot / math.sqrt(na * nb)))))
+
+
+def test_interval_step_angle_within_1e4_degrees_of_float64_at_1e8_elements():
+    """The step's fast float32 sums against the exact float64 ones, at 10^8 parameters and a hard (small) angle."""
+    n = 10**8
+    g = torch.Generator().manual_seed(0)
+    p = torch.nn.Parameter(torch.randn(n, generator=g))
+    autodrop = AutoDrop([p], torch.optim.SGD([p], lr=0.1), detector="paper", threshold=1e-9, max_threshold=1e-9)
+    first = torch.randn(n, generator=g).mul_(1e-3)
+    second = torch.randn(n, generator=g).mul_(1e-2).add_(first)  # about 84 degrees from the first
+    third = lambda: torch.randn(n, generator=g).mul_(5e-4).add_(second)  # noqa: E731 - about 3 degrees from the second
+    displacements = [lambda: first, lambda: second, third]
+    negated, angles = [], []
+    with torch.no_grad():
+        for step in displacements:
+            before = p.detach().clone()
+            p.add_(step())
+            negated.append(before.sub_(p))  # x_(t-1) - x_t in float32, the step's own displacement
+            del before
+            angles.append(autodrop.step().angle)
+    for (a, b), got in zip([(negated[0], negated[1]), (negated[1], negated[2])], angles[1:]):
+        exact = angle_degrees(a, b)  # float64
+        assert got == pytest.approx(exact, abs=1e-4)
+    assert 80 < angles[1] < 90 and angles[2] < 5  # a typical angle and a small one, where errors grow
+    # A plain float32 dot over the whole vector misses the small angle by more than the tolerance.
+    assert abs(_float32_blas_angle(negated[1], negated[2]) - angle_degrees(negated[1], negated[2])) > 1e-4

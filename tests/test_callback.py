@@ -25,6 +25,25 @@ KEYS = {
 STEPS_PER_EPOCH = 8  # 256 examples / batch 32
 
 
+def _tensorboard_scalars(logdir) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar tag written under `logdir`, read back from the event files: tag -> [(step, value)]."""
+    from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
+
+    events = EventMultiplexer()
+    events.AddRunsFromDirectory(str(logdir))
+    events.Reload()
+    out = {}
+    for run, tags in events.Runs().items():
+        for tag in tags["scalars"]:
+            out.setdefault(tag, []).extend((s.step, s.value) for s in events.Scalars(run, tag))
+    return {tag: sorted(values) for tag, values in out.items()}
+
+
+def _tag(scalars: dict, key: str) -> str | None:
+    """The TensorBoard tag of a logged key (the Trainer writes training logs as `train/<key>`)."""
+    return next((t for t in (f"train/{key}", key) if t in scalars), None)
+
+
 def _callback(trainer) -> AutoDropCallback:
     return next(c for c in trainer.callback_handler.callbacks if isinstance(c, AutoDropCallback))
 
@@ -69,27 +88,62 @@ class TestLogging:
         assert trainer.state.global_step == 12
         assert [e["step"] for e in autodrop_entries(trainer)] == [5, 10]
 
-    def test_metrics_reach_tensorboard_through_install(self, tmp_path, monkeypatch):
-        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
+    @pytest.mark.parametrize("how", ["one-liner", "install"])
+    def test_metrics_reach_tensorboard(self, tmp_path, monkeypatch, how):
         monkeypatch.setenv("TENSORBOARD_LOGGING_DIR", str(tmp_path / "tb"))
-        trainer = make_trainer(tmp_path, [], report_to=["tensorboard"])
-        install(trainer, drop_delay=1, **ALWAYS)
+        if how == "one-liner":
+            trainer = make_trainer(tmp_path, [AutoDropCallback(drop_delay=1, **ALWAYS)], report_to=["tensorboard"])
+        else:
+            trainer = make_trainer(tmp_path, [], report_to=["tensorboard"])
+            install(trainer, drop_delay=1, **ALWAYS)
         trainer.train()
-        events = EventAccumulator(str(tmp_path / "tb"))
-        events.Reload()
-        tags = set(events.Tags()["scalars"])
-        assert {"train/" + k for k in KEYS} <= tags or KEYS <= tags
-        tag = "train/autodrop/num_drops" if "train/autodrop/num_drops" in tags else "autodrop/num_drops"
-        scalars = events.Scalars(tag)
-        assert [s.step for s in scalars] == [STEPS_PER_EPOCH * k for k in range(1, 7)]
-        assert [s.value for s in scalars] == [0, 0, 0, 1, 1, 1]
-        # Through trainer.log, the entries are also in log_history, once each, and the Trainer's own
-        # per-epoch loss log still happens.
+        scalars = _tensorboard_scalars(tmp_path / "tb")
+        assert all(_tag(scalars, k) for k in KEYS)
+        steps = [STEPS_PER_EPOCH * k for k in range(1, 7)]
+        assert [step for step, _ in scalars[_tag(scalars, "autodrop/num_drops")]] == steps
+        assert [value for _, value in scalars[_tag(scalars, "autodrop/num_drops")]] == [0, 0, 0, 1, 1, 1]
+        # The Trainer's own per-epoch loss log is not swallowed: in TensorBoard and in log_history.
+        assert [step for step, _ in scalars[_tag(scalars, "loss")]] == steps
+        assert [h["step"] for h in trainer.state.log_history if "loss" in h] == steps
+        # Through trainer.log, the entries are in log_history once each.
         assert len(autodrop_entries(trainer)) == 6
-        assert [h["step"] for h in trainer.state.log_history if "loss" in h] == [
-            STEPS_PER_EPOCH * k for k in range(1, 7)
-        ]
+
+    def test_trainer_subclass_overriding_train_and_log(self, tmp_path):
+        """Like TRL's trainers: `train` wrapped, `log` overridden to flush metrics of its own."""
+        from transformers import Trainer
+
+        class Subclass(Trainer):
+            flushes = 0
+
+            def train(self, *args, **kwargs):
+                return super().train(*args, **kwargs)
+
+            def log(self, logs, start_time=None):
+                Subclass.flushes += 1
+                super().log(logs, start_time)
+
+        seen = _LogRecorder()
+        base = make_trainer(tmp_path, [])
+        trainer = Subclass(
+            model=base.model,
+            args=base.args,
+            train_dataset=base.train_dataset,
+            callbacks=[AutoDropCallback(drop_delay=1, **ALWAYS), seen],
+        )
+        trainer.train()
+        assert [e["autodrop/num_drops"] for e in seen.entries] == [0, 0, 0, 1, 1, 1]
+        # The subclass's own log ran for the Trainer's logs only (6 epoch logs + the final summary).
+        assert Subclass.flushes == 7
+
+    def test_without_a_trainer_the_metrics_stay_in_log_history_and_say_so(self, tmp_path, autodrop_logs):
+        from transformers import TrainerControl, TrainerState
+
+        args = make_trainer(tmp_path, []).args
+        callback = AutoDropCallback()
+        for _ in range(2):
+            callback.on_init_end(args, TrainerState(), TrainerControl())
+        lines = [r.getMessage() for r in autodrop_logs.records if "could not find the Trainer" in r.getMessage()]
+        assert len(lines) == 1 and "install(trainer)" in lines[0]
 
     def test_drop_is_one_info_line(self, tmp_path, autodrop_logs):
         make_trainer(tmp_path, [AutoDropCallback(drop_delay=1, drop_factor=0.5, **ALWAYS)]).train()
@@ -309,6 +363,25 @@ class TestResume:
             e["autodrop/num_drops"] for e in autodrop_entries(full)[4:]
         ]
         assert _clean(autodrop_entries(resumed)) == _clean(autodrop_entries(full))
+
+    def test_one_liner_reaches_tensorboard_after_resume(self, straight, tmp_path, monkeypatch):
+        out, full, _ = straight
+        monkeypatch.setenv("TENSORBOARD_LOGGING_DIR", str(tmp_path / "tb"))
+        resumed = make_trainer(
+            out,
+            [AutoDropCallback(**self.CONFIG)],
+            num_train_epochs=self.EPOCHS,
+            report_to=["tensorboard"],
+            restore_callback_states_from_checkpoint=True,
+        )
+        resumed.train(resume_from_checkpoint=str(out / f"checkpoint-{4 * STEPS_PER_EPOCH}"))
+        scalars = _tensorboard_scalars(tmp_path / "tb")
+        steps = [STEPS_PER_EPOCH * k for k in range(5, self.EPOCHS + 1)]
+        assert [step for step, _ in scalars[_tag(scalars, "autodrop/num_drops")]] == steps
+        assert [value for _, value in scalars[_tag(scalars, "autodrop/num_drops")]] == [
+            e["autodrop/num_drops"] for e in autodrop_entries(full)[4:]
+        ]
+        assert [step for step, _ in scalars[_tag(scalars, "loss")]] == steps
 
     def test_resume_without_the_flag_warns_what_happens(self, straight, tmp_path, autodrop_logs):
         out, *_ = straight

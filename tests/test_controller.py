@@ -471,8 +471,13 @@ def test_config_object_and_overrides():
     params = _model((2,))
     ad = AutoDrop(params, torch.optim.SGD(params, lr=0.1), config=AutoDropConfig(drop_factor=0.5), drop_delay=3)
     assert ad.config == AutoDropConfig(drop_factor=0.5, drop_delay=3)
-    with pytest.raises(TypeError, match="AutoDropConfig"):
-        AutoDrop(params, torch.optim.SGD(params, lr=0.1), config={"drop_factor": 0.5})
+    # A dict of fields works as in AutoDropCallback (one rule: AutoDropConfig.coerce); a typo or another type does not.
+    ad = AutoDrop(params, torch.optim.SGD(params, lr=0.1), config={"drop_factor": 0.5}, drop_delay=3)
+    assert ad.config == AutoDropConfig(drop_factor=0.5, drop_delay=3)
+    with pytest.raises(TypeError, match="Unknown AutoDropConfig field.*drop_facter"):
+        AutoDrop(params, torch.optim.SGD(params, lr=0.1), config={"drop_facter": 0.5})
+    with pytest.raises(TypeError, match="config must be an AutoDropConfig or a dict"):
+        AutoDrop(params, torch.optim.SGD(params, lr=0.1), config=[("drop_factor", 0.5)])
     with pytest.raises(TypeError, match="config="):
         AutoDrop(params, torch.optim.SGD(params, lr=0.1), AutoDropConfig())
     with pytest.raises(TypeError, match="LRScheduler"):
@@ -500,3 +505,27 @@ def test_fp16_autocast_with_grad_scaler_and_bf16_parameters():
         m = ad.step()
     assert m.dropped and opt.param_groups[0]["lr"] == pytest.approx(0.005)
     assert all(torch.isfinite(p).all() for p in params)
+
+
+def test_wrapped_optimizers_are_unwrapped_by_one_rule():
+    """accelerate's AcceleratedOptimizer subclasses torch.optim.Optimizer: the lr and the step hook still go to the optimizer inside."""
+    from accelerate import Accelerator
+    from accelerate.optimizer import AcceleratedOptimizer
+
+    from hf_autodrop.lr import unwrap_optimizer
+
+    model = torch.nn.Linear(4, 2)
+    sgd = torch.optim.SGD(model.parameters(), lr=0.1)
+    model, wrapped = Accelerator(cpu=True).prepare(model, sgd)
+    assert isinstance(wrapped, AcceleratedOptimizer) and isinstance(wrapped, torch.optim.Optimizer)
+    assert unwrap_optimizer(wrapped) is sgd and unwrap_optimizer(sgd) is sgd
+    autodrop = AutoDrop(
+        model, wrapped, offload_to_cpu=True, detector="paper", threshold=180.0, max_threshold=180.0, drop_delay=0
+    )
+    assert len(sgd._optimizer_step_pre_hooks) == 1  # the offloaded snapshot's guard, on the optimizer that steps
+    for _ in range(3):
+        wrapped.zero_grad()
+        model(torch.randn(8, 4)).pow(2).mean().backward()
+        wrapped.step()
+        autodrop.step()
+    assert autodrop.num_drops == 1 and sgd.param_groups[0]["lr"] == pytest.approx(0.1 * autodrop.config.drop_factor)

@@ -25,3 +25,19 @@ def test_console_script_help():
         [sys.executable, "-m", "hf_autodrop.demo", "--help"], capture_output=True, text=True, check=True
     )
     assert "--drop-factor" in result.stdout and "--no-baseline" in result.stdout
+
+
+def test_console_script_target_exits_zero(tmp_path, monkeypatch):
+    """pyproject's hf-autodrop-demo target returns None: the script wrapper's sys.exit(target()) then exits 0."""
+    import importlib
+    import re
+    from pathlib import Path
+
+    pyproject = (Path(__file__).parents[1] / "pyproject.toml").read_text()  # tomllib needs Python 3.11
+    module, name = re.search(r'^hf-autodrop-demo = "([\w.]+):(\w+)"$', pyproject, re.M).groups()
+    target = getattr(importlib.import_module(module), name)
+    monkeypatch.setattr(
+        sys, "argv", ["hf-autodrop-demo", "--epochs", "2", "--no-baseline", "--output-dir", str(tmp_path)]
+    )
+    assert target() is None
+    assert (tmp_path / "results.json").is_file()

@@ -280,7 +280,7 @@ def test_two_autodrop_callbacks_are_refused(tmp_path):
 
 @pytest.mark.parametrize("positional", [0.2, 0, "0.2"])
 def test_a_positional_field_is_a_clear_error(positional):
-    with pytest.raises(TypeError, match=r"pass single fields by name, e.g. AutoDropCallback\(drop_factor="):
+    with pytest.raises(TypeError, match=r"pass single fields by name, e.g. drop_factor="):
         AutoDropCallback(positional)
 
 
