@@ -173,6 +173,8 @@ class AutoDropCallback(TrainerCallback, ExportableState):
         m: Measurement = self.autodrop.step()
         self.measurements.append({**asdict(m), "step": state.global_step, "epoch": state.epoch})
         logs = m.logs()
+        if self._every is not None:
+            logs["autodrop/window_steps"] = float(m.window * self._every)
         trainer = self._trainer_ref() if self._trainer_ref is not None else None
         if trainer is not None:
             # log_history + every report_to integration, like the Trainer's own logs. The handler's
@@ -227,6 +229,20 @@ class AutoDropCallback(TrainerCallback, ExportableState):
                     every,
                     needed,
                     cfg.auto_interval_steps(state.max_steps),
+                    state.max_steps,
+                )
+            return every
+        if cfg.detector == "growth":
+            # The growth test's decision does not depend on the interval; measuring about 200 times per run
+            # keeps its window well sampled early in the run, at any run length.
+            every = cfg.auto_interval_steps(state.max_steps)
+            if report:
+                logger.info(
+                    "AutoDrop: measuring every %d optimizer steps (%d intervals over the run's %d steps); the "
+                    "growth test judges saturation over the latter half of the time since the start or the last "
+                    "drop, whatever the interval. Set interval_steps to choose yourself.",
+                    every,
+                    state.max_steps // every,
                     state.max_steps,
                 )
             return every

@@ -12,7 +12,7 @@ import torch
 from .angles import angle_from_sums
 from .averaging import FlatCopy, OffloadedFlatCopy
 from .config import AutoDropConfig
-from .detectors import change_statistic, trend_statistic, trend_window_size
+from .detectors import change_statistic, growth_exponent, growth_window_start, trend_statistic, trend_window_size
 from .distributed import local_shards
 from .lr import LRGroups
 
@@ -22,6 +22,9 @@ logger = logging.getLogger("hf_autodrop")
 
 MONITOR, AVERAGING = "monitor", "averaging"
 _STATE_FORMAT = 1
+# The growth test keeps at most about this many (interval, D) pairs of its window; beyond, every other
+# one is dropped (the fit over [t/2, t] hardly changes, and the state stays small with tiny intervals).
+_MAX_GROWTH_SAMPLES = 1024
 
 
 @dataclass(frozen=True)
@@ -33,12 +36,14 @@ class Measurement:
         angle: omega_t, the angle in degrees between the last two displacements (NaN when undefined:
             fewer than two displacements since the last reset, a zero displacement, or NaN/Inf).
         angle_change: abs(omega_t - omega_(t-1)) (NaN when either is undefined).
-        statistic: the saturation test's statistic at this interval: `angle_change` for the paper's
-            test; for `"trend"`, the drift of omega over its window that the fitted slope allows (one
-            standard error included), in units of omega's scatter (NaN while undefined). A trigger
-            needs it below `threshold` (as it stood before this interval).
-        threshold: the test's tolerance in effect from now on: degrees for `"paper"`, units of omega's
-            scatter for `"trend"`.
+        statistic: the saturation test's statistic at this interval: for `"growth"`, the growth
+            exponent of the squared distance from the anchor over the window (2 drift, 1 noise, 0
+            settled); `angle_change` for the paper's test; for `"trend"`, the drift of omega over its
+            window that the fitted slope allows (one standard error included), in units of omega's
+            scatter. NaN while undefined (too few measurements). A trigger needs it below `threshold`
+            (as it stood before this interval).
+        threshold: the test's tolerance in effect from now on: a growth exponent for `"growth"`,
+            degrees for `"paper"`, units of omega's scatter for `"trend"`.
         phase: "monitor" or "averaging".
         lr_scale: param group 0's product of the drop factors applied so far (its lr over its
             initial lr under a constant base schedule).
@@ -48,6 +53,12 @@ class Measurement:
         exhausted: this drop found every param group already at its floor.
         should_stop: `exhausted` and the config asks to stop when exhausted.
         lrs: every param group's current learning rate.
+        window: the time scale the decision used, in intervals: the window [t/2, t] of the growth
+            test spans t - ceil(t/2) + 1 measurements back from t, the intervals since the start or the
+            last drop; the trend test's angles; 2 for the paper's test (one change of omega).
+        since_anchor: t, the intervals since the start or the last drop (0 right after a drop).
+        distance_sq: D(t) = |x_t - x_a|^2, the squared distance from the anchor (the start or the
+            last drop's averaged point); NaN with the omega tests, which do not keep the anchor.
     """
 
     interval: int
@@ -63,6 +74,9 @@ class Measurement:
     exhausted: bool = False
     should_stop: bool = False
     lrs: tuple[float, ...] = ()
+    window: int = 0
+    since_anchor: int = 0
+    distance_sq: float = math.nan
 
     def logs(self) -> dict[str, float]:
         """The `autodrop/*` metrics logged every interval."""
@@ -74,6 +88,9 @@ class Measurement:
             "autodrop/lr_scale": self.lr_scale,
             "autodrop/phase": 0.0 if self.phase == MONITOR else 1.0,
             "autodrop/num_drops": float(self.num_drops),
+            "autodrop/window": float(self.window),
+            "autodrop/since_anchor": float(self.since_anchor),
+            "autodrop/distance_sq": self.distance_sq,
         }
 
 
@@ -102,11 +119,12 @@ class AutoDrop:
     """Drops the learning rate when the angular velocity of the parameters saturates.
 
     Call `step()` at the end of every interval (an epoch, or a fixed number of optimizer updates).
-    It measures the angle between the last two parameter displacements, and when the saturation test
-    says the angle has stopped changing (`config.detector`: by default a trend fit over the latter half
-    of the intervals since the last drop; or the paper's threshold on its change) it averages the next
-    `drop_delay` snapshots, writes the average into the parameters and multiplies every param group's
-    learning rate by `drop_factor`.
+    It measures the angle between the last two parameter displacements and the squared distance from
+    the anchor (the parameters at the start or right after the last drop), and when the saturation
+    test says the run has stopped making progress (`config.detector`: by default, the distance has
+    stopped growing over the latter half of the time since the last drop; or a test on the angle) it
+    averages the next n_d snapshots (`config.averaging_intervals`), writes the average into the
+    parameters and multiplies every param group's learning rate by `drop_factor`.
 
     Args:
         model_or_params: an `nn.Module` (its trainable parameters and floating buffers) or an
@@ -158,6 +176,11 @@ class AutoDrop:
         self._snapshot = flat.of(params, self._shards.counted)  # x_(t-1)
         self._displacement = flat(params, self._shards.counted)  # -s_(t-1), valid when self._t >= 2
         self._average: FlatCopy | None = None  # running weighted average while averaging
+        # x_a, the anchor of the growth test: the parameters at the start or right after the last drop.
+        self._anchor: FlatCopy | None = self._snapshot.clone() if self.config.detector == "growth" else None
+        self._distances: list[tuple[int, float]] = []  # (s, D(s)) of the growth test's window, oldest first
+        self._n_d = 0  # averaging intervals of the current averaging phase
+        self._last_phase = 0  # intervals from the previous anchor to the last drop (0 before the first drop)
         self._buffer_average: FlatCopy | None = None
 
         self._interval = 0
@@ -192,16 +215,28 @@ class AutoDrop:
         displacement, spare = self._snapshot, self._displacement
         # Partial sums over this process's elements; one all-reduce makes them global (none under DDP),
         # so every process takes the same decision below.
-        sums = self._shards.all_reduce(displacement.sums(spare if self._t >= 2 else displacement))
-        dot, norm_sq, prev_norm_sq = sums.tolist()
+        sums = displacement.sums(spare if self._t >= 2 else displacement)
         spare.copy_from(params)
         self._snapshot, self._displacement = spare, displacement
+        if self._anchor is not None:
+            # [<x_a, x_t>, |x_a|^2, |x_t|^2] for D(t) = |x_t - x_a|^2, in the same all-reduce.
+            sums = torch.cat([sums, self._anchor.sums(self._snapshot)])
+        sums = self._shards.all_reduce(sums).tolist()
+        dot, norm_sq, prev_norm_sq = sums[:3]
+        distance_sq = math.nan
+        if self._anchor is not None:
+            cross, anchor_sq, here_sq = sums[3:6]
+            distance_sq = max(0.0, anchor_sq + here_sq - 2.0 * cross)
+            if math.isfinite(distance_sq):
+                self._distances.append((self._t, distance_sq))
+            self._trim_distances()
 
         finite = math.isfinite(norm_sq)
         angle = angle_from_sums(dot, norm_sq, prev_norm_sq) if self._t >= 2 else math.nan
         change = change_statistic(self._recent[-1], angle) if self._recent else math.nan
-        statistic = self._statistic(angle, change)
+        statistic, window = self._statistic(angle, change)
         tolerance = self._tolerance()
+        since_anchor = self._t
         self._report_bad_values(finite, norm_sq, prev_norm_sq)
 
         triggered = dropped = exhausted = False
@@ -209,6 +244,7 @@ class AutoDrop:
             if finite and statistic < tolerance:
                 triggered = True
                 self._phase, self._k = AVERAGING, 1
+                self._n_d = cfg.averaging_intervals(self._t)
                 self._average = self._snapshot.clone()
                 if self._buffers:
                     self._buffer_average = FlatCopy.of(self._buffers)
@@ -219,13 +255,13 @@ class AutoDrop:
             if self._buffer_average is not None:
                 self._buffer_average.lerp_from(self._buffers, weight)
 
-        if self._phase == AVERAGING and self._k == cfg.drop_delay + 1:
+        if self._phase == AVERAGING and self._k == self._n_d + 1:
             dropped = True
             exhausted = self._drop(angle)
         else:
             # The paper's test needs the last angle; the trend test next interval's window (the t angles
             # kept so far, counting interval 1's undefined one), or all of them while fewer than trend_window.
-            keep = 1 if cfg.detector == "paper" else max(cfg.trend_window, trend_window_size(self._t, cfg.trend_window))
+            keep = 1 if cfg.detector != "trend" else max(cfg.trend_window, trend_window_size(self._t, cfg.trend_window))
             self._recent = (self._recent + [angle])[-keep:]
 
         return Measurement(
@@ -242,18 +278,42 @@ class AutoDrop:
             exhausted=exhausted,
             should_stop=exhausted and cfg.stop_when_exhausted,
             lrs=tuple(self._lr.current_lrs()),
+            window=window,
+            since_anchor=since_anchor,
+            distance_sq=distance_sq,
         )
 
-    def _statistic(self, angle: float, change: float) -> float:
-        """The detector's statistic at this interval (NaN while it has too few angles)."""
-        if self.config.detector == "paper":
-            return change
+    def _trim_distances(self) -> None:
+        """Keep the growth test's window [t/2, t] (thinned to at most about `_MAX_GROWTH_SAMPLES`)."""
+        start = growth_window_start(self._t)
+        if self._distances and self._distances[0][0] < start:
+            self._distances = [(s, d) for s, d in self._distances if s >= start]
+        if len(self._distances) > 2 * _MAX_GROWTH_SAMPLES:
+            self._distances = self._distances[::-1][::2][::-1]  # every other one, the newest kept
+
+    def _statistic(self, angle: float, change: float) -> tuple[float, int]:
+        """The detector's statistic at this interval (NaN while it has too few measurements) and the
+        window it covers, in intervals."""
+        cfg = self.config
+        if cfg.detector == "paper":
+            return change, 2
+        if cfg.detector == "growth":
+            window = self._t - growth_window_start(self._t) + 1
+            if (
+                self._t < max(cfg.first_check, cfg.growth_min_phase * self._last_phase)
+                or len(self._distances) < cfg.growth_min_samples
+            ):
+                return math.nan, window
+            return growth_exponent([s for s, _ in self._distances], [d for _, d in self._distances]), window
         # Angles exist from the second interval after the reset: t - 1 of them.
-        n = trend_window_size(self._t - 1, self.config.trend_window)
-        return trend_statistic((self._recent + [angle])[-n:]) if n else math.nan
+        n = trend_window_size(self._t - 1, cfg.trend_window)
+        return (trend_statistic((self._recent + [angle])[-n:]) if n else math.nan), n
 
     def _tolerance(self) -> float:
-        """What the statistic must stay below to trigger: the threshold, or z grown like the threshold."""
+        """What the statistic must stay below to trigger: the growth threshold, the paper's threshold,
+        or the trend test's z grown like the paper's threshold."""
+        if self.config.detector == "growth":
+            return self.config.growth_threshold
         if self.config.detector == "paper":
             return self._threshold
         return self.config.trend_z * self._threshold / self.config.threshold
@@ -272,10 +332,16 @@ class AutoDrop:
         self._threshold = min(cfg.max_threshold, self._threshold / cfg.drop_factor)
         self._num_drops += 1
         # Reset the angle history: the (averaged) parameters are the new x_0.
+        self._last_phase = self._t
         self._phase, self._k, self._t = MONITOR, 0, 0
         self._recent = []
         self._average = self._buffer_average = None
         self._snapshot.copy_from(self._shards.tensors())
+        if self._anchor is not None:
+            # The (averaged) parameters are the new anchor; the old buffer goes first (memory peak).
+            self._anchor = None
+            self._anchor = self._snapshot.clone()
+            self._distances = []
 
         if cfg.dry_run:
             logger.info(
@@ -349,7 +415,7 @@ class AutoDrop:
 
     def state_nbytes(self) -> int:
         """Bytes held in tensors by AutoDrop right now."""
-        buffers = [self._snapshot, self._displacement, self._average, self._buffer_average]
+        buffers = [self._snapshot, self._displacement, self._anchor, self._average, self._buffer_average]
         return sum(b.nbytes for b in buffers if b is not None)
 
     # ------------------------------------------------------------------ checkpointing
@@ -368,6 +434,10 @@ class AutoDrop:
             "threshold": self._threshold,
             "num_drops": self._num_drops,
             "recent_angles": list(self._recent),
+            "averaging_intervals": self._n_d,
+            "last_phase": self._last_phase,
+            "growth_samples": [[s, d] for s, d in self._distances],
+            "anchor": None if self._anchor is None else self._anchor.state(),
             "warned_zero": self._warned_zero,
             "lr": self._lr.state_dict(),
             # The tensors below hold this process's shard only: they resume on the same rank of the same world.
@@ -413,6 +483,13 @@ class AutoDrop:
             logger.warning("AutoDrop: resuming with a changed config (saved -> now): %s", changed)
         self._snapshot.load(state["snapshot"], "snapshot")
         self._displacement.load(state["displacement"], "displacement")
+        if self._anchor is not None:
+            if state.get("anchor") is None:
+                raise ValueError(
+                    "AutoDrop state holds no anchor (it was saved with another detector than 'growth'); "
+                    "resume with the detector it was saved with, or start AutoDrop afresh."
+                )
+            self._anchor.load(state["anchor"], "anchor")
         if state["phase"] == AVERAGING:
             if state["average"] is None:
                 raise ValueError("AutoDrop state is averaging but holds no average")
@@ -432,6 +509,9 @@ class AutoDrop:
         self._threshold = float(state["threshold"])
         self._num_drops = int(state["num_drops"])
         self._recent = [float(a) for a in state["recent_angles"]]
+        self._n_d = int(state.get("averaging_intervals", self.config.averaging_intervals(self._t)))
+        self._distances = [(int(s), float(d)) for s, d in state.get("growth_samples", [])]
+        self._last_phase = int(state.get("last_phase", 0))
         self._warned_zero = bool(state["warned_zero"])
 
 
