@@ -463,6 +463,15 @@ def _extra_args(parser) -> None:
     parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {', '.join(PARTS)}")
     parser.add_argument("--tasks", default=",".join(TASKS), help="comma-separated subset of digits, charlm, nqm")
     parser.add_argument("--grid-seeds", type=int, default=None, help="seeds of the grid's other intervals (default 3)")
+    parser.add_argument(
+        "--merge",
+        nargs="+",
+        default=None,
+        metavar="RUNS",
+        help="write the report from these saved runs files (of separate invocations) instead of training; "
+        "a file ending in saturation_runs.json.gz contributes its char LM baselines (constant, cosine, plateau, "
+        "paper), which that study trained with the same harness and seeds",
+    )
 
 
 def main(argv=None) -> str:
@@ -479,12 +488,17 @@ def main(argv=None) -> str:
     grid_seeds = list(range(min(len(seeds), study.args.grid_seeds or 3)))
 
     runs_path = study.path("interval_runs.json.gz")
-    if study.report_only:
+    if study.args.merge:
+        runs, provenance = merge_runs(study.args.merge)
+        save_runs(runs_path, runs, provenance)
+    elif study.report_only:
         runs, provenance = load_runs(runs_path)
     else:
 
         def progress(r: dict) -> None:
-            print(f"[{r['task']}] {r['method']} seed={r['seed']}: val {r['final_val']:.4f}", file=sys.stderr, flush=True)
+            print(
+                f"[{r['task']}] {r['method']} seed={r['seed']}: val {r['final_val']:.4f}", file=sys.stderr, flush=True
+            )
 
         runs = []
         if "friedman" in parts or any(t in TRAINER_TASKS for t in tasks):
@@ -558,8 +572,42 @@ def main(argv=None) -> str:
         "interval.md",
         "The default test across interval lengths, on short runs and on a held-out task",
         "\n\n".join(sections),
-        provenance=provenance if study.report_only else None,
+        provenance=provenance if (study.report_only or study.args.merge) else None,
     )
+
+
+SATURATION_BASELINES = {
+    CONSTANT: CONSTANT,
+    COSINE: COSINE,
+    PLATEAU: PLATEAU,
+    "AutoDrop, paper test (defaults, rho 0.1)": PAPER,
+}
+
+
+def merge_runs(paths: list[str]) -> tuple[list[dict], dict]:
+    """The runs of several invocations (and the saturation study's char LM baselines), one provenance."""
+    runs, provs = [], []
+    for path in paths:
+        rs, prov = load_runs(path)
+        if path.endswith("saturation_runs.json.gz"):
+            rs = [
+                {**r, "method": SATURATION_BASELINES[r["method"]]}
+                for r in rs
+                if r["task"] == "charlm"
+                and r["method"] in SATURATION_BASELINES
+                and r["lr"] == TRAINER_TASKS["charlm"].lr
+            ]
+        runs += rs
+        provs.append(prov)
+    provenance = {
+        "command": "`; `".join(p["command"] for p in provs),
+        "minutes": sum(p["minutes"] for p in provs),
+        "machine": provs[0]["machine"],
+        "workers": max(p["workers"] for p in provs),
+        "load_average_15min": max(p["load_average_15min"] for p in provs),
+        "overrides": {},
+    }
+    return runs, provenance
 
 
 if __name__ == "__main__":

@@ -11,7 +11,11 @@ def test_defaults_are_the_specs():
     assert cfg.interval_steps is None and cfg.average_buffers and not cfg.dry_run and not cfg.stop_when_exhausted
     # drop_delay None: the paper's n_d of 20 intervals for the omega tests, a share of the phase for growth.
     assert cfg.drop_delay is None
-    assert AutoDropConfig(detector="paper").averaging_intervals(7) == AutoDropConfig(detector="trend").averaging_intervals(7) == 20
+    assert (
+        AutoDropConfig(detector="paper").averaging_intervals(7)
+        == AutoDropConfig(detector="trend").averaging_intervals(7)
+        == 20
+    )
 
 
 def test_the_growth_test_is_the_default_and_a_drop_needs_8_intervals():

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-from hf_autodrop import AutoDropConfig
 from experiments import nqm_study
 from experiments.nqm import (
     NOISE_MODELS,
@@ -16,6 +15,7 @@ from experiments.nqm import (
     steady_state_angle,
     steady_state_loss,
 )
+from hf_autodrop import AutoDropConfig
 
 A = paper_curvature()
 

@@ -3,8 +3,8 @@
 import gzip
 import json
 
-from hf_autodrop import AutoDropConfig
 from experiments import saturation_study
+from hf_autodrop import AutoDropConfig
 
 
 def test_default_row_is_the_library_default():
