@@ -35,7 +35,7 @@ from .nqm import NOISE_MODELS, paper_curvature, simulate
 from .saturation_study import NQM_LR, NQM_PLATEAU_EVERY, _groups, _nqm_record, _paired, _Plateau
 from .trainer_study import PAPER_AUTODROP, Method, TaskSpec, load_runs, run_all, save_runs
 
-PARTS = ("grid", "short", "full", "friedman", "theory")
+PARTS = ("grid", "short", "full", "friedman", "theory", "trace")
 TASKS = ("digits", "charlm", "nqm")
 TRAINER_TASKS: dict[str, TaskSpec] = {
     "digits": digits_study.TASK,
@@ -209,6 +209,77 @@ def run_nqm(jobs: list[tuple], workers: int) -> list[dict]:
         return list(pool.map(_nqm_job, jobs))
 
 
+# ---------------------------------------------------------------------------------- replay on traces
+TRACE_FIELDS = dict(dry_run=True, growth_min_samples=10**6, interval_steps=1)  # records D every step, never fires
+
+
+def trace_jobs(tasks, quick: bool, seeds: list[int]) -> list[tuple]:
+    """Constant-lr runs that record D(s) = |x_s - x_0|^2 after every optimizer step (AutoDrop in a dry run
+    that cannot fire): the trajectory every AutoDrop run follows until its first drop."""
+    real = QUICK_TASKS if quick else TRAINER_TASKS
+    return [
+        (real[t], Method("trace", "autodrop", autodrop=TRACE_FIELDS), s, None)
+        for t in tasks
+        if t in real
+        for s in seeds
+    ]
+
+
+def replay_first_trigger(distances: list[float], every: int, config: AutoDropConfig | None = None) -> int | None:
+    """The step of the growth test's first trigger on a run whose D after step i is `distances[i - 1]`,
+    measured every `every` steps (the controller's rule, replayed; None: no trigger within the trace).
+    Until its first drop an AutoDrop run is the constant-lr run, so this is where the real run would trigger."""
+    from hf_autodrop.detectors import growth_exponent, growth_window_start
+
+    cfg = config or AutoDropConfig()
+    window: list[tuple[int, float]] = []
+    for t in range(1, len(distances) // every + 1):
+        d = distances[t * every - 1]
+        if d is not None and math.isfinite(d):
+            window.append((t, d))
+        start = growth_window_start(t)
+        window = [(s, x) for s, x in window if s >= start]
+        if t < cfg.first_check or len(window) < cfg.growth_min_samples:
+            continue
+        if growth_exponent([s for s, _ in window], [x for _, x in window]) < cfg.growth_threshold:
+            return t * every
+    return None
+
+
+def replay_table(traces: dict[str, list[dict]]) -> str:
+    """First triggers replayed on the recorded trajectories: every grid interval at full length, and the
+    runs cut to 1/10 and 1/4 at their own automatic interval."""
+    cfg = AutoDropConfig()
+    rows = []
+    for task, recs in traces.items():
+        total = len(recs[0]["distance_sq"])
+        cuts = [(f"full ({total} steps)", total, label, every) for label, every in grid_intervals(total)]
+        for fraction in SHORT_FRACTIONS:
+            steps = int(total * fraction)
+            cuts.append((f"cut to {fraction:g} ({steps} steps)", steps, "auto", cfg.auto_interval_steps(steps)))
+        for length, steps, label, every in cuts:
+            firsts = [replay_first_trigger(r["distance_sq"][:steps], every, cfg) for r in recs]
+            rows.append(
+                [
+                    task,
+                    length,
+                    f"{label} = {every}",
+                    "; ".join("never" if f is None else str(f) for f in firsts),
+                ]
+            )
+    return markdown_table(["task", "run", "interval (steps)", "first trigger, step, per seed"], rows)
+
+
+def _trace_records(runs: list[dict]) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for r in runs:
+        if r["method"] == "trace":
+            out.setdefault(r["task"], []).append(
+                {"seed": r["seed"], "distance_sq": [m["distance_sq"] for m in r["autodrop"]]}
+            )
+    return out
+
+
 # ---------------------------------------------------------------------------------- reading runs
 def _first_drop(r: dict) -> float:
     if r["kind"] == "nqm":
@@ -240,6 +311,15 @@ def _metrics(r: dict) -> list[tuple[str, str, int]]:
     return [("final_val", "validation error (%)", 2), ("final_val_loss", "validation loss (nats)", 4)]
 
 
+def _judged(r: dict) -> str:
+    """The metric the 1% criterion is judged on: the validation loss (digits: its error rate moves by 0.33
+    points, 20% of itself, with one image of 300), the expected loss on the NQM (what a validation set
+    measures; the excess loss beside it is the part a schedule can change)."""
+    if r["kind"] == "nqm":
+        return "expected"
+    return "final_val_loss" if r["task"].startswith("digits") else "final_val"
+
+
 def _with_expected(runs: list[dict]) -> list[dict]:
     for r in runs:
         if r["kind"] == "nqm":
@@ -269,7 +349,8 @@ def grid_table(task: str, groups: dict[str, list[dict]]) -> tuple[str, list[str]
             ref_mean = np.mean([ref[r["seed"]][key] for r in rs])
             rel = 100.0 * (mean / ref_mean - 1.0) if ref_mean else 0.0
             cells += [mean_std([r[key] for r in rs], digits), f"{rel:+.2f}%"]
-            ok &= abs(rel) <= 1.0
+            if key == _judged(rs[0]):
+                ok &= abs(rel) <= 1.0
         first = [_first_drop(r) for r in rs]
         shifts = [
             abs(f - _first_drop(ref[r["seed"]])) / total
@@ -300,7 +381,7 @@ def grid_table(task: str, groups: dict[str, list[dict]]) -> tuple[str, list[str]
         "first drop, step (share of the run)",
         "largest first-drop shift from I, share of the run (paired by seed)",
         "drop steps per seed",
-        "within 1% and 15%",
+        f"within 1% ({ {k: lab for k, lab, _ in metrics}[_judged(groups[at_i][0])] }) and 15%",
     ]
     return markdown_table(headers, rows), verdicts
 
@@ -347,13 +428,15 @@ def full_table(groups_by_task: dict[str, dict[str, list[dict]]]) -> str:
             if name is None or name not in groups:
                 continue
             rs = groups[name]
+            seeds = {r["seed"] for r in rs}
             for key, label, digits in _metrics(rs[0]):
-                cos = np.mean([r[key] for r in groups[COSINE]])
+                # Over the seeds of the row (the grid's I column may have fewer than the baselines).
+                cos = np.mean([r[key] for r in groups[COSINE] if r["seed"] in seeds])
                 rel = 100.0 * (np.mean([r[key] for r in rs]) / cos - 1.0)
                 rows.append(
                     [
                         task,
-                        name,
+                        f"{name} ({len(rs)} seeds)",
                         label,
                         f"{cos:.{digits}f}",
                         mean_std([r[key] for r in rs], digits),
@@ -469,8 +552,8 @@ def _extra_args(parser) -> None:
         default=None,
         metavar="RUNS",
         help="write the report from these saved runs files (of separate invocations) instead of training; "
-        "a file ending in saturation_runs.json.gz contributes its char LM baselines (constant, cosine, plateau, "
-        "paper), which that study trained with the same harness and seeds",
+        "a file ending in saturation_runs.json.gz contributes its digits and char LM baselines (constant, cosine, "
+        "plateau, paper), which that study trained with the same harness, tasks and seeds",
     )
 
 
@@ -501,14 +584,25 @@ def main(argv=None) -> str:
             )
 
         runs = []
-        if "friedman" in parts or any(t in TRAINER_TASKS for t in tasks):
-            jobs = trainer_jobs(parts, tasks, study.quick, seeds, grid_seeds)
-            runs += run_all(jobs, workers=study.args.workers, progress=progress) if jobs else []
-        if "nqm" in tasks:
-            runs += run_nqm(nqm_jobs(parts, study.quick, seeds, grid_seeds), study.args.workers)
-        provenance = study.provenance()
-        save_runs(runs_path, runs, provenance)
+        # Seed by seed, saved after each: a run cut short by a deadline still leaves whole seeds behind.
+        trainer = (
+            trainer_jobs(parts, tasks, study.quick, seeds, grid_seeds)
+            if "friedman" in parts or any(t in TRAINER_TASKS for t in tasks)
+            else []
+        )
+        nqm = nqm_jobs(parts, study.quick, seeds, grid_seeds) if "nqm" in tasks else []
+        if "trace" in parts:
+            trainer += trace_jobs(tasks, study.quick, grid_seeds)
+        for seed in seeds:
+            chunk = [j for j in trainer if j[2] == seed]
+            runs += run_all(chunk, workers=study.args.workers, progress=progress) if chunk else []
+            chunk = [j for j in nqm if j[-1] == seed]
+            runs += run_nqm(chunk, study.args.workers) if chunk else []
+            provenance = study.provenance()
+            save_runs(runs_path, runs, provenance)
     runs = _with_expected(runs)
+    traces = _trace_records(runs)
+    runs = [r for r in runs if r["method"] != "trace"]
     by_task = {t: _groups([r for r in runs if r["task"] == t]) for t in dict.fromkeys(r["task"] for r in runs)}
 
     cfg = AutoDropConfig()
@@ -550,6 +644,15 @@ def main(argv=None) -> str:
             "cosine given the run length, a constant lr and `reduce_lr_on_plateau` (on the validation loss "
             f"every epoch for digits, every 50 steps for the char LM, the exact loss every {NQM_PLATEAU_EVERY} "
             "iterations for the NQM).\n\n" + full
+        )
+    if traces:
+        sections.append(
+            "## 1b. The decision replayed on recorded trajectories\n\nConstant-lr runs that record D(s) = "
+            "|x_s - x_0|^2 after every optimizer step (AutoDrop in a dry run that cannot fire; `--parts trace`), "
+            "and the growth test's rule replayed on them (`replay_first_trigger`, checked against the controller "
+            "by the tests) at every grid interval and on the runs cut to 1/10 and 1/4. Until its first drop an "
+            "AutoDrop run is the constant-lr run, so where the replay never triggers the AutoDrop run ends exactly "
+            "as the constant lr does, at every interval.\n\n" + replay_table(traces)
         )
     for task, groups in by_task.items():
         if task.startswith("friedman"):
@@ -593,9 +696,9 @@ def merge_runs(paths: list[str]) -> tuple[list[dict], dict]:
             rs = [
                 {**r, "method": SATURATION_BASELINES[r["method"]]}
                 for r in rs
-                if r["task"] == "charlm"
+                if r["task"] in TRAINER_TASKS
                 and r["method"] in SATURATION_BASELINES
-                and r["lr"] == TRAINER_TASKS["charlm"].lr
+                and r["lr"] == TRAINER_TASKS[r["task"]].lr
             ]
         runs += rs
         provs.append(prov)

@@ -44,10 +44,10 @@ def _schedule_name(args) -> str:
 
 
 class AutoDropCallback(TrainerCallback, ExportableState):
-    """Drops the `Trainer`'s learning rate automatically when the angular velocity saturates.
+    """Drops the `Trainer`'s learning rate automatically when training at it has saturated.
 
-    `Trainer(..., callbacks=[AutoDropCallback()])` is all it takes. AutoDrop measures once per epoch
-    (or every `interval_steps` optimizer updates), logs the `autodrop/*` metrics into
+    `Trainer(..., callbacks=[AutoDropCallback()])` is all it takes. AutoDrop measures about 300 times
+    per run (or every `interval_steps` optimizer updates), logs the `autodrop/*` metrics into
     `trainer.state.log_history`, and drops the lr of every param group, keeping the base schedule's
     shape (use `lr_scheduler_type="constant"` or `"constant_with_warmup"`). To send the metrics to
     the `report_to` integrations (TensorBoard, W&B, ...) as well, add the callback with
@@ -60,11 +60,12 @@ class AutoDropCallback(TrainerCallback, ExportableState):
     Args:
         config (`AutoDropConfig` or `dict`, *optional*):
             The configuration; keyword arguments (the `AutoDropConfig` fields: `drop_factor`,
-            `min_lr`, `threshold`, `max_threshold`, `detector`, `trend_window`, `trend_z`, `drop_delay`,
-            `interval_steps`, `average_buffers`, `dry_run`, `stop_when_exhausted`, `offload_to_cpu`)
-            override single fields. With `interval_steps=None` a run of fewer epochs than a drop needs
-            (`config.min_intervals_per_drop`, 31 by default) is measured every
-            `config.auto_interval_steps(max_steps)` optimizer steps instead of per epoch, and says so.
+            `min_lr`, `detector`, `growth_threshold`, `drop_delay`, `interval_steps`, ...) override single
+            fields. With `interval_steps=None` and the default growth test the run is measured every
+            `config.auto_interval_steps(max_steps)` (= max_steps // 300) optimizer steps, logged at train
+            start; the decision does not depend on that interval. With the omega tests (`"paper"`,
+            `"trend"`) it is measured once per epoch, or every `config.auto_interval_steps(max_steps)` steps
+            when the run has fewer epochs than a drop needs (`config.min_intervals_per_drop`).
 
     Attributes:
         autodrop (`AutoDrop`): the controller, built when training begins.

@@ -108,6 +108,16 @@ class TestDecisions:
             first = _first(run)
             assert first is not None and first <= 2 * 3 * every + 50, (every, first)
 
+    def test_the_studies_replay_takes_the_controllers_decision(self):
+        from experiments.interval_study import replay_first_trigger
+
+        for seed, every in [(0, 2), (1, 8), (2, 16)]:
+            path = _ou(1600, seed)
+            distances = [float(np.sum((row - path[0]) ** 2)) for row in path[1:]]
+            assert replay_first_trigger(distances, every) == _first(_run(path, every))
+        drift = _drift_in_noise(800, 0)
+        assert replay_first_trigger([float(np.sum(row**2)) for row in drift[1:]], 4) is None
+
     def test_drop_delay_is_a_share_of_the_time_since_the_anchor(self):
         path = _ou(1600, 0)
         for every in (4, 16):
