@@ -418,12 +418,20 @@ def short_table(groups_by_task: dict[str, dict[str, list[dict]]]) -> str:
     )
 
 
-def full_table(groups_by_task: dict[str, dict[str, list[dict]]]) -> str:
+NEVER_FIRES = f"{DEFAULT}: no trigger at any interval in the replay, so the constant-lr run"
+
+
+def full_table(groups_by_task: dict[str, dict[str, list[dict]]], never_fires: set[str] = frozenset()) -> str:
+    """`never_fires`: tasks without trained default rows whose replay never triggers (the default is then
+    the constant-lr run, bit for bit)."""
     rows = []
     for task, groups in groups_by_task.items():
         if COSINE not in groups or "-short" in task or task.startswith("friedman"):
             continue
         default_name = next((n for n in groups if n.startswith(DEFAULT + ", I = ")), None)
+        if default_name is None and task in never_fires:
+            groups = {**groups, NEVER_FIRES: groups[CONSTANT]}
+            default_name = NEVER_FIRES
         for name in (default_name, PAPER):
             if name is None or name not in groups:
                 continue
@@ -637,7 +645,16 @@ def main(argv=None) -> str:
             "## 2a. Runs cut to 1/10 and 1/4 of their length\n\nThe constant lr against the defaults (the "
             "automatic interval of the cut run), paired by seed.\n\n" + short
         )
-    full = full_table(by_task)
+    never = {
+        t
+        for t, recs in traces.items()
+        if all(
+            replay_first_trigger(r["distance_sq"], every) is None
+            for r in recs
+            for _, every in grid_intervals(len(r["distance_sq"]))
+        )
+    }
+    full = full_table(by_task, never)
     if full.count("\n") > 1:
         sections.append(
             "## 2b. Full length: the bar\n\nThe default row (automatic interval) and the paper's test against "
@@ -664,9 +681,11 @@ def main(argv=None) -> str:
             "## 4. Theorem 1 at any interval length\n\nOn the NQM at a constant lr the iterate becomes stationary. "
             "Between two consecutive k-step displacements, the closed form gives cos(omega) = S(2k) / (2 S(k)) - 1, "
             "S(k) the mean squared k-step displacement: omega is a function of the growth exponent of the "
-            "displacement at lag k. Short intervals see 90 degrees plus a little (noise, exponent near 1) and long "
-            "ones 120 (stationary, exponent 0), at the same point of the same run: omega's level and its flatness "
-            "depend on the interval the user picked. The growth test reads the exponent at the lag of the time "
+            "displacement at lag k (at k = 1 this is the paper's eq. 6, `steady_state_angle`, to 1e-9 degrees). "
+            "Intervals short next to the slow directions' relaxation time 1/(lr a) see about 90 degrees (noise, "
+            "exponent near 1) and long ones 120 (settled, exponent 0), in the same stationary run: at lr 0.006 "
+            "omega goes from 92.6 to 120 degrees as the interval grows from 1 to 1,024 iterations, so omega's "
+            "level and its flatness depend on the interval the user picked. The growth test reads the exponent at the lag of the time "
             "since the last drop instead.\n\n" + theory_table()
         )
     if any(r["kind"] == "nqm" for r in runs):
