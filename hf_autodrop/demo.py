@@ -6,11 +6,14 @@ error, and writes `autodrop_demo/curves.png` (lr, training loss, angle and test 
     python -m hf_autodrop.demo            # or: hf-autodrop-demo
     python -m hf_autodrop.demo --help
 
-AutoDrop runs with the library's defaults (the growth test, the automatic interval, drop factor 0.1):
-nothing is tuned for the demo. It drops when the distance of the parameters from where the current
-learning rate began has stopped growing over the latter half of the time since then.
-`--detector paper` runs the paper's test instead (with its 0.01-degree threshold it does not fire on
-a task this small; docs/results/saturation.md explains why).
+Why these settings: with the library's defaults (the growth test) this 60-epoch run does not drop
+at all (measured: 798 s on a loaded 2-core machine, no drop, final test error 0.67 %): with random
+shifts of every image and BatchNorm the parameters keep moving away from their starting point to the
+end (growth exponent above 0.2), and the default only drops once they have settled. A demo must show
+drops, so it runs the paper's test (`detector="paper"`) starting at the paper's *largest* threshold
+(1 degree, growing to 5 after drops) with 5-epoch averaging, which drops three times in 60 epochs.
+`--detector growth --drop-delay -1` runs the library's defaults instead (`-1`: the automatic
+averaging window). docs/results explains when each test fires.
 """
 
 from __future__ import annotations
@@ -34,7 +37,10 @@ DEFAULTS = dict(
     batch_size=64,
     seed=0,
     drop_factor=0.1,
-    detector="growth",
+    detector="paper",
+    threshold=1.0,
+    max_threshold=5.0,
+    drop_delay=5,
 )
 
 
@@ -117,7 +123,12 @@ def train_digits(cfg: dict, output_dir: str, dry_run: bool = False) -> dict:
         seed=cfg["seed"],
         dataloader_num_workers=0,
     )
-    autodrop = AutoDropCallback(drop_factor=cfg["drop_factor"], detector=cfg["detector"], dry_run=dry_run)
+    settings = {"drop_factor": cfg["drop_factor"], "detector": cfg["detector"], "dry_run": dry_run}
+    if cfg["detector"] == "paper":
+        settings.update(threshold=cfg["threshold"], max_threshold=cfg["max_threshold"])
+    if cfg["drop_delay"] >= 0:
+        settings["drop_delay"] = cfg["drop_delay"]
+    autodrop = AutoDropCallback(**settings)
 
     def error_rate(pred):
         return {"error": float((pred.predictions.argmax(-1) != pred.label_ids).mean())}
@@ -155,6 +166,7 @@ def train_digits(cfg: dict, output_dir: str, dry_run: bool = False) -> dict:
             {
                 "epoch": round(m["epoch"], 2),
                 "lr": m["lrs"][0],
+                "angle": m["angle"],
                 # The phase's length: intervals since the start or the previous drop, in epochs.
                 "since_last_drop_epochs": round(m["since_anchor"] * m["epoch"] / m["interval"], 1),
                 "at_floor": m["exhausted"],
@@ -193,7 +205,7 @@ def _plot(record: dict, path: str) -> str:
     panels = [
         ("learning_rate", "learning rate"),
         ("loss", "training loss"),
-        ("statistic", "growth exponent of\nthe distance (test)"),
+        ("statistic", "the saturation\ntest's statistic"),
         ("eval_error", "test error"),
     ]
     fig, axes = plt.subplots(4, 1, figsize=(7, 9), sharex=True)
@@ -229,10 +241,10 @@ def _plot(record: dict, path: str) -> str:
 def _print_summary(record: dict) -> None:
     run = record["autodrop"]
     print(f"\nAutoDrop demo: {record['config']['epochs']} epochs in {run['wall_time_s']:.1f} s")
-    print(f"{'drop':>4} {'epoch':>6} {'new lr':>10} {'epochs at the old lr':>21}")
+    print(f"{'drop':>4} {'epoch':>6} {'new lr':>10} {'angle (deg)':>12}")
     for i, d in enumerate(run["drops"], 1):
         note = "  (already at the floor)" if d["at_floor"] else ""
-        print(f"{i:>4} {d['epoch']:>6} {d['lr']:>10.3g} {d['since_last_drop_epochs']:>21}{note}")
+        print(f"{i:>4} {d['epoch']:>6g} {d['lr']:>10.3g} {d['angle']:>12.2f}{note}")
     if not run["drops"]:
         print("   (no drop)")
     runs = [("AutoDrop", run)] + ([("constant lr", record["constant_lr"])] if "constant_lr" in record else [])

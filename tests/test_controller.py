@@ -455,6 +455,9 @@ def test_measurement_logs_have_the_spec_keys():
         lr_scale=0.1,
         dropped=False,
         num_drops=1,
+        window=5,
+        since_anchor=9,
+        distance_sq=2.5,
     )
     assert m.logs() == {
         "autodrop/angle": 80.0,
@@ -464,6 +467,9 @@ def test_measurement_logs_have_the_spec_keys():
         "autodrop/lr_scale": 0.1,
         "autodrop/phase": 1.0,
         "autodrop/num_drops": 1.0,
+        "autodrop/window": 5.0,
+        "autodrop/since_anchor": 9.0,
+        "autodrop/distance_sq": 2.5,
     }
 
 
