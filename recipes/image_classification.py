@@ -210,9 +210,10 @@ def build_parser(recipe: Recipe):
     parser = HfArgumentParser((DataArguments, ModelArguments, ScheduleArguments, AutoDropConfig, TrainingArguments))
     cuda = torch.cuda.is_available()
     parser.set_defaults(
-        # AutoDrop: the paper's settings: its test (the library's default is the noise-adaptive "trend"
-        # test; --detector trend selects it), theta_0 0.01, theta_max 1.0, n_d 20 (the config's defaults).
+        # AutoDrop: the paper's settings: its test (the library's default is the growth test; --detector
+        # growth selects it), theta_0 0.01, theta_max 1.0 (the config's defaults), n_d 20.
         detector="paper",
+        drop_delay=20,
         drop_factor=recipe.drop_factor,
         min_lr=recipe.min_lr,
         # Optimisation: SGD with momentum 0.9, constant lr between drops, every parameter decayed.
