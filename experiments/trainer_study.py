@@ -80,7 +80,16 @@ def _data_and_model(task: TaskSpec):
     if task.name.startswith("charlm"):
         train, val, test = tasks.charlm_splits()
         return train, val, test, tasks.CharTransformer, _charlm_metric
+    if task.name.startswith("friedman"):
+        train, val, test = tasks.friedman_splits()
+        return train, val, test, tasks.FriedmanMLP, _mse_metric
     raise ValueError(f"unknown task {task.name!r}")
+
+
+def _mse_metric(model, data) -> tuple[float, float]:
+    """(test mean squared error, the same): the metric is the loss."""
+    mse = float(model(**data.tensors)["loss"])
+    return mse, mse
 
 
 def _digits_metric(model, data) -> tuple[float, float]:
@@ -258,8 +267,11 @@ def run_one(task: TaskSpec, method: Method, seed: int, lr: float | None = None) 
         "dropped",
         "num_drops",
         "lr_scale",
+        "window",
+        "since_anchor",
+        "distance_sq",
     )
-    measurements = [{k: m[k] for k in keep} for m in autodrop_cb.measurements] if autodrop_cb else []
+    measurements = [{k: m.get(k) for k in keep} for m in autodrop_cb.measurements] if autodrop_cb else []
     return {
         "task": task.name,
         "method": method.name,
@@ -604,7 +616,7 @@ def load_runs(path: str) -> tuple[list[dict], dict]:
         data = json.load(f)
     for r in data["runs"]:
         for m in r["autodrop"]:
-            for k in ("angle", "angle_change", "statistic"):
+            for k in ("angle", "angle_change", "statistic", "distance_sq"):
                 if m.get(k, 0.0) is None:
                     m[k] = math.nan
     return data["runs"], data["provenance"]

@@ -85,7 +85,7 @@ class ReferenceAutoDrop:
         elif finite:
             self.snapshots.append(x)
 
-        if self.phase == "averaging" and len(self.snapshots) == cfg.drop_delay + 1:
+        if self.phase == "averaging" and len(self.snapshots) == cfg.averaging_intervals(0) + 1:
             dropped = True
             k = len(self.snapshots)
             weighted = sum(j * x_j for j, x_j in enumerate(self.snapshots, start=1))

@@ -48,10 +48,10 @@ def _schedule_name(args) -> str:
 
 
 class AutoDropCallback(TrainerCallback, ExportableState):
-    """Drops the `Trainer`'s learning rate automatically when the angular velocity saturates.
+    """Drops the `Trainer`'s learning rate automatically when training at it has saturated.
 
-    `Trainer(..., callbacks=[AutoDropCallback()])` is all it takes. AutoDrop measures once per epoch
-    (or every `interval_steps` optimizer updates), logs the `autodrop/*` metrics through the
+    `Trainer(..., callbacks=[AutoDropCallback()])` is all it takes. AutoDrop measures about 300 times
+    per run (or every `interval_steps` optimizer updates), logs the `autodrop/*` metrics through the
     Trainer's own `log` (so into `state.log_history` and every `report_to` integration: TensorBoard,
     W&B, MLflow, ...), and drops the lr of every param group, keeping the base schedule's shape (use
     `lr_scheduler_type="constant"` or `"constant_with_warmup"`).
@@ -66,11 +66,12 @@ class AutoDropCallback(TrainerCallback, ExportableState):
     Args:
         config (`AutoDropConfig` or `dict`, *optional*):
             The configuration; keyword arguments (the `AutoDropConfig` fields: `drop_factor`,
-            `min_lr`, `threshold`, `max_threshold`, `detector`, `trend_window`, `trend_z`, `drop_delay`,
-            `interval_steps`, `average_buffers`, `dry_run`, `stop_when_exhausted`, `offload_to_cpu`)
-            override single fields. With `interval_steps=None` a run of fewer epochs than a drop needs
-            (`config.min_intervals_per_drop`, 31 by default) is measured every
-            `config.auto_interval_steps(max_steps)` optimizer steps instead of per epoch, and says so.
+            `min_lr`, `detector`, `growth_threshold`, `drop_delay`, `interval_steps`, ...) override single
+            fields. With `interval_steps=None` and the default growth test the run is measured every
+            `config.auto_interval_steps(max_steps)` (= max_steps // 300) optimizer steps, logged at train
+            start; the decision does not depend on that interval. With the omega tests (`"paper"`,
+            `"trend"`) it is measured once per epoch, or every `config.auto_interval_steps(max_steps)` steps
+            when the run has fewer epochs than a drop needs (`config.min_intervals_per_drop`).
 
     Attributes:
         autodrop (`AutoDrop`): the controller, built when training begins.
@@ -316,6 +317,8 @@ class AutoDropCallback(TrainerCallback, ExportableState):
         m: Measurement = self.autodrop.step()
         self.measurements.append({**asdict(m), "step": state.global_step, "epoch": state.epoch})
         logs = m.logs()
+        if self._every is not None:
+            logs["autodrop/window_steps"] = float(m.window * self._every)
         trainer = self._trainer_ref() if self._trainer_ref is not None else None
         if trainer is not None:
             _trainer_link.log(trainer, logs, control)  # log_history + every report_to integration
@@ -379,6 +382,20 @@ class AutoDropCallback(TrainerCallback, ExportableState):
                     every,
                     needed,
                     cfg.auto_interval_steps(state.max_steps),
+                    state.max_steps,
+                )
+            return every
+        if cfg.detector == "growth":
+            # The growth test's decision does not depend on the interval; measuring about 200 times per run
+            # keeps its window well sampled early in the run, at any run length.
+            every = cfg.auto_interval_steps(state.max_steps)
+            if report:
+                logger.info(
+                    "AutoDrop: measuring every %d optimizer steps (%d intervals over the run's %d steps); the "
+                    "growth test judges saturation over the latter half of the time since the start or the last "
+                    "drop, whatever the interval. Set interval_steps to choose yourself.",
+                    every,
+                    state.max_steps // every,
                     state.max_steps,
                 )
             return every

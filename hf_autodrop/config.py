@@ -10,6 +10,16 @@ from .detectors import DETECTORS
 
 __all__ = ["AutoDropConfig"]
 
+# The growth test's defaults (docs/results/interval.md shows how they were chosen and what they do).
+GROWTH_THRESHOLD = 0.2
+GROWTH_MIN_SAMPLES = 4
+GROWTH_MIN_PHASE = 1.0
+DROP_DELAY_FRACTION = 0.25
+# With the growth test and interval_steps=None: about this many intervals per run.
+GROWTH_INTERVALS_PER_RUN = 300
+# The paper's n_d: the omega tests' averaging intervals when drop_delay is None.
+PAPER_DROP_DELAY = 20
+
 
 def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
@@ -31,12 +41,24 @@ class AutoDropConfig:
             current threshold to it (its tolerance grows with the threshold).
         max_threshold (`float`, defaults to 1.0):
             theta_max, in degrees: the threshold grows by `1 / drop_factor` at every drop up to this cap.
-        detector (`str`, defaults to `"trend"`):
-            The saturation test; `hf_autodrop.detectors` explains both. `"trend"`: a line fitted to the
-            latest angles (noise-adaptive, nothing in degrees to tune). Its tolerance grows with the threshold's ratio
-            `threshold_now / threshold` (capped by `max_threshold / threshold`), like the paper's
-            threshold. `"paper"`: the paper's test, abs(omega_t - omega_(t-1)) < threshold degrees
-            (docs/results/saturation.md shows why it rarely fires outside long per-epoch runs).
+        detector (`str`, defaults to `"growth"`):
+            The saturation test; `hf_autodrop.detectors` explains each. `"growth"` (the default, nothing in
+            degrees or in intervals to tune): the exponent of the growth of the squared distance from the
+            point where the current learning rate began, over the latter half of the time since then, below
+            `growth_threshold`; the decision does not hinge on how many steps make an interval. `"trend"`: a
+            line fitted to the latest angles (noise-adaptive); its tolerance grows with the threshold's ratio
+            `threshold_now / threshold` (capped by `max_threshold / threshold`), like the paper's threshold.
+            `"paper"`: the paper's test, abs(omega_t - omega_(t-1)) < threshold degrees. Both omega tests
+            judge saturation at the time scale of one interval (docs/results/saturation.md, interval.md).
+        growth_threshold (`float`, defaults to 0.2):
+            The `"growth"` test fires when the growth exponent of D over [t/2, t] is below this (> 0).
+        growth_min_samples (`int`, defaults to 4):
+            The fewest measurements the `"growth"` test fits (>= 3): its first check comes at interval
+            `2 * (growth_min_samples - 1)` after the start or a drop, when [t/2, t] holds that many.
+        growth_min_phase (`float`, defaults to 1.0):
+            After a drop, the `"growth"` test's first check waits at least this multiple of the previous
+            phase's length (from the start or the drop before to the last drop): each learning rate is
+            judged on at least the time scale that judged the one before it. 0 turns it off.
         trend_window (`int`, defaults to 10):
             The fewest angles the `"trend"` test fits (>= 3); its first check comes `trend_window + 1`
             intervals after the start or a drop. Before the first drop it needs about 13 angles to
@@ -44,14 +66,19 @@ class AutoDropConfig:
         trend_z (`float`, defaults to 1.0):
             The `"trend"` test's initial tolerance (> 0): the drift of omega over the window allowed,
             in units of omega's scatter around its trend line.
-        drop_delay (`int`, defaults to 20):
+        drop_delay (`int` or `None`, defaults to `None`):
             n_d: intervals between the trigger and the drop, during which parameters are averaged.
-            A drop needs `min_intervals_per_drop` intervals (the first check + n_d, 31 by default); the
-            Trainer callback's automatic interval leaves room for three times that in any run.
+            `None`: `drop_delay_fraction` x the intervals since the start or the last drop (at least
+            one) for the `"growth"` test, so that the averaging covers the same share of the run at any
+            interval length; 20 (the paper's n_d) for the `"paper"` and `"trend"` tests.
+        drop_delay_fraction (`float`, defaults to 0.25):
+            With `drop_delay=None` and the `"growth"` test: the averaging lasts this fraction of the
+            time since the start or the last drop, measured at the trigger (> 0).
         interval_steps (`int` or `None`, defaults to `None`):
-            `None` measures once per epoch, or, when the run has fewer epochs than
-            `min_intervals_per_drop`, every `auto_interval_steps(max_steps)` optimizer updates (logged);
-            `N` every `N` optimizer updates. Used by the Trainer callback; custom loops decide themselves
+            `None`: with the `"growth"` test, every `auto_interval_steps(max_steps)` optimizer updates
+            (about 300 intervals per run, logged); with the omega tests once per epoch, or, when
+            the run has fewer epochs than `min_intervals_per_drop`, every `auto_interval_steps(max_steps)`
+            updates. `N`: every `N` optimizer updates. Used by the Trainer callback; custom loops decide themselves
             when to call `AutoDrop.step()` (`auto_interval_steps` serves them too).
         average_buffers (`bool`, defaults to `True`):
             Average floating-point buffers (BatchNorm running statistics) with the same weights as
@@ -61,25 +88,29 @@ class AutoDropConfig:
         stop_when_exhausted (`bool`, defaults to `False`):
             End training at a drop that finds every param group already at its floor.
         offload_to_cpu (`bool`, defaults to `False`):
-            Keep AutoDrop's snapshots (two float32 copies of the trainable elements this process owns,
-            three while averaging) in pinned CPU memory instead of the accelerator's. The per-interval
+            Keep AutoDrop's snapshots (float32 copies of the trainable elements this process owns: three
+            with the `"growth"` test, two with the omega tests, one more while averaging) in pinned CPU memory instead of the accelerator's. The per-interval
             arithmetic streams chunks through the accelerator; the end-of-interval copy overlaps with
             the next steps. Costs PCIe transfers at every interval boundary (see docs/distributed.md for
             measurements); no effect on what is computed.
 
     Example:
         >>> AutoDropConfig(drop_factor=0.2, drop_delay=5)
-        AutoDropConfig(drop_factor=0.2, min_lr=None, threshold=0.01, max_threshold=1.0, detector='trend', trend_window=10, trend_z=1.0, drop_delay=5, interval_steps=None, average_buffers=True, dry_run=False, stop_when_exhausted=False, offload_to_cpu=False)
+        AutoDropConfig(drop_factor=0.2, min_lr=None, threshold=0.01, max_threshold=1.0, detector='growth', growth_threshold=0.2, growth_min_samples=4, growth_min_phase=1.0, trend_window=10, trend_z=1.0, drop_delay=5, drop_delay_fraction=0.25, interval_steps=None, average_buffers=True, dry_run=False, stop_when_exhausted=False, offload_to_cpu=False)
     """
 
     drop_factor: float = 0.1
     min_lr: float | None = None
     threshold: float = 0.01
     max_threshold: float = 1.0
-    detector: str = "trend"
+    detector: str = "growth"
+    growth_threshold: float = GROWTH_THRESHOLD
+    growth_min_samples: int = GROWTH_MIN_SAMPLES
+    growth_min_phase: float = GROWTH_MIN_PHASE
     trend_window: int = 10
     trend_z: float = 1.0
-    drop_delay: int = 20
+    drop_delay: int | None = None
+    drop_delay_fraction: float = DROP_DELAY_FRACTION
     interval_steps: int | None = None
     average_buffers: bool = True
     dry_run: bool = False
@@ -110,8 +141,34 @@ class AutoDropConfig:
             raise bad("trend_window", "an integer >= 3")
         if not _is_number(self.trend_z) or not math.isfinite(self.trend_z) or self.trend_z <= 0:
             raise bad("trend_z", "a finite number > 0 (standard errors of the slope)")
-        if not isinstance(self.drop_delay, int) or isinstance(self.drop_delay, bool) or self.drop_delay < 0:
-            raise bad("drop_delay", "an integer >= 0 (the paper uses 20)")
+        if self.drop_delay is not None and (
+            not isinstance(self.drop_delay, int) or isinstance(self.drop_delay, bool) or self.drop_delay < 0
+        ):
+            raise bad("drop_delay", "None (automatic) or an integer >= 0 (the paper uses 20)")
+        if (
+            not _is_number(self.growth_threshold)
+            or not math.isfinite(self.growth_threshold)
+            or self.growth_threshold <= 0
+        ):
+            raise bad("growth_threshold", "a finite number > 0 (a growth exponent: 2 drift, 1 noise, 0 settled)")
+        if (
+            not isinstance(self.growth_min_samples, int)
+            or isinstance(self.growth_min_samples, bool)
+            or self.growth_min_samples < 3
+        ):
+            raise bad("growth_min_samples", "an integer >= 3")
+        if (
+            not _is_number(self.growth_min_phase)
+            or not math.isfinite(self.growth_min_phase)
+            or self.growth_min_phase < 0
+        ):
+            raise bad("growth_min_phase", "a finite number >= 0 (a multiple of the previous phase's length)")
+        if (
+            not _is_number(self.drop_delay_fraction)
+            or not math.isfinite(self.drop_delay_fraction)
+            or self.drop_delay_fraction <= 0
+        ):
+            raise bad("drop_delay_fraction", "a finite number > 0 (a fraction of the time since the last drop)")
         if self.interval_steps is not None and (
             not isinstance(self.interval_steps, int) or isinstance(self.interval_steps, bool) or self.interval_steps < 1
         ):
@@ -121,22 +178,49 @@ class AutoDropConfig:
                 raise bad(name, "True or False")
 
     @property
-    def min_intervals_per_drop(self) -> int:
-        """Intervals from the start (or a drop) to the earliest possible drop: the first check + drop_delay."""
-        first_check = 3 if self.detector == "paper" else self.trend_window + 1
-        return first_check + self.drop_delay
+    def first_check(self) -> int:
+        """The interval (after the start or a drop) of the test's first possible trigger."""
+        if self.detector == "growth":
+            return 2 * (self.growth_min_samples - 1)
+        return 3 if self.detector == "paper" else self.trend_window + 1
 
-    def auto_interval_steps(self, max_steps: int) -> int:
-        """Optimizer steps per interval for a run of `max_steps` steps too short for one interval per epoch.
-
-        `max_steps // (3 * min_intervals_per_drop)` (at least 1): room for about three drops. The Trainer
-        callback uses it when `interval_steps` is None and the run has fewer epochs than
-        `min_intervals_per_drop`; a custom loop that knows its length can use it the same way.
+    def averaging_intervals(self, t: int) -> int:
+        """n_d for a trigger at interval `t` after the start or the last drop: `drop_delay` when set;
+        else `max(1, round(drop_delay_fraction * t))` for the growth test, 20 for the omega tests.
 
         Example:
+            >>> cfg = AutoDropConfig()
+            >>> [cfg.averaging_intervals(t) for t in (2, 8, 40, 400)]
+            [1, 2, 10, 100]
+        """
+        if self.drop_delay is not None:
+            return self.drop_delay
+        if self.detector != "growth":
+            return PAPER_DROP_DELAY
+        return max(1, round(self.drop_delay_fraction * t))
+
+    @property
+    def min_intervals_per_drop(self) -> int:
+        """Intervals from the start (or a drop) to the earliest possible drop: the first check + n_d."""
+        return self.first_check + self.averaging_intervals(self.first_check)
+
+    def auto_interval_steps(self, max_steps: int) -> int:
+        """Optimizer steps per interval when `interval_steps` is None, for a run of `max_steps` steps.
+
+        The growth test: `max_steps // 300` (at least 1), so that the window [t/2, t] holds enough
+        measurements early in the run whatever its length (its decision does not depend on the
+        interval; this only sets how finely it is sampled). The omega tests, for runs too short for one
+        interval per epoch: `max_steps // (3 * min_intervals_per_drop)` (at least 1), room for about
+        three drops. The Trainer callback uses it; a custom loop that knows its length can too.
+
+        Example:
+            >>> AutoDropConfig().auto_interval_steps(1200)
+            4
             >>> AutoDropConfig(detector="trend").auto_interval_steps(1200)
             12
         """
+        if self.detector == "growth":
+            return max(1, int(max_steps) // GROWTH_INTERVALS_PER_RUN)
         return max(1, int(max_steps) // (3 * self.min_intervals_per_drop))
 
     def replace(self, **changes: object) -> AutoDropConfig:

@@ -12,7 +12,7 @@ import torch
 from .angles import angle_from_sums
 from .averaging import FlatCopy, OffloadedFlatCopy
 from .config import AutoDropConfig
-from .detectors import change_statistic, trend_statistic, trend_window_size
+from .detectors import change_statistic, growth_exponent, growth_window_start, trend_statistic, trend_window_size
 from .distributed import local_shards
 from .lr import LRGroups
 
@@ -27,6 +27,9 @@ _READABLE_FORMATS = (1, 2)
 # Inside an averaging window, an interval whose displacement is this many times longer than the one at the
 # trigger (a transient spike, e.g. one weight at 1e30 for an interval) is left out of the average.
 _ABSURD_NORM_RATIO = 1e3
+# The growth test keeps at most about this many (interval, D) pairs of its window; beyond, every other
+# one is dropped (the fit over [t/2, t] hardly changes, and the state stays small with tiny intervals).
+_MAX_GROWTH_SAMPLES = 1024
 
 
 @dataclass(frozen=True)
@@ -38,11 +41,14 @@ class Measurement:
         angle: omega_t, the angle in degrees between the last two displacements (NaN when undefined:
             fewer than two displacements since the last reset, a zero displacement, or NaN/Inf).
         angle_change: abs(omega_t - omega_(t-1)) (NaN when either is undefined).
-        statistic: the saturation test's statistic at this interval: `angle_change` for the paper's
-            test; for `"trend"`, `detectors.trend_statistic` of its window, in units of omega's scatter
-            (NaN while undefined). A trigger needs it below `threshold` (as it stood before this interval).
-        threshold: the test's tolerance in effect from now on: degrees for `"paper"`, units of omega's
-            scatter for `"trend"`.
+        statistic: the saturation test's statistic at this interval: for `"growth"`, the growth
+            exponent of the squared distance from the anchor over the window (2 drift, 1 noise, 0
+            settled); `angle_change` for the paper's test; for `"trend"`, the drift of omega over its
+            window that the fitted slope allows (one standard error included), in units of omega's
+            scatter. NaN while undefined (too few measurements). A trigger needs it below `threshold`
+            (as it stood before this interval).
+        threshold: the test's tolerance in effect from now on: a growth exponent for `"growth"`,
+            degrees for `"paper"`, units of omega's scatter for `"trend"`.
         phase: "monitor" or "averaging".
         lr_scale: param group 0's product of the drop factors applied so far (its lr over its
             initial lr under a constant base schedule).
@@ -52,6 +58,12 @@ class Measurement:
         exhausted: this drop found every param group already at its floor.
         should_stop: `exhausted` and the config asks to stop when exhausted.
         lrs: every param group's current learning rate.
+        window: the time scale the decision used, in intervals: the window [t/2, t] of the growth
+            test spans t - ceil(t/2) + 1 measurements back from t, the intervals since the start or the
+            last drop; the trend test's angles; 2 for the paper's test (one change of omega).
+        since_anchor: t, the intervals since the start or the last drop (0 right after a drop).
+        distance_sq: D(t) = |x_t - x_a|^2, the squared distance from the anchor (the start or the
+            last drop's averaged point); NaN with the omega tests, which do not keep the anchor.
     """
 
     interval: int
@@ -67,6 +79,9 @@ class Measurement:
     exhausted: bool = False
     should_stop: bool = False
     lrs: tuple[float, ...] = ()
+    window: int = 0
+    since_anchor: int = 0
+    distance_sq: float = math.nan
 
     def logs(self) -> dict[str, float]:
         """The `autodrop/*` metrics logged every interval."""
@@ -78,6 +93,9 @@ class Measurement:
             "autodrop/lr_scale": self.lr_scale,
             "autodrop/phase": 0.0 if self.phase == MONITOR else 1.0,
             "autodrop/num_drops": float(self.num_drops),
+            "autodrop/window": float(self.window),
+            "autodrop/since_anchor": float(self.since_anchor),
+            "autodrop/distance_sq": self.distance_sq,
         }
 
 
@@ -181,10 +199,12 @@ class AutoDrop:
     """Drops the learning rate when the angular velocity of the parameters saturates.
 
     Call `step()` at the end of every interval (an epoch, or a fixed number of optimizer updates).
-    It measures the angle between the last two parameter displacements, and when the saturation test
-    says the angle has stopped changing (`config.detector`, see `hf_autodrop.detectors`) it averages the next
-    `drop_delay` snapshots, writes the average into the parameters and multiplies every param group's
-    learning rate by `drop_factor`.
+    It measures the angle between the last two parameter displacements and the squared distance from
+    the anchor (the parameters at the start or right after the last drop), and when the saturation
+    test says the run has stopped making progress (`config.detector`, see `hf_autodrop.detectors`: by default, the distance has
+    stopped growing over the latter half of the time since the last drop; or a test on the angle) it
+    averages the next n_d snapshots (`config.averaging_intervals`), writes the average into the
+    parameters and multiplies every param group's learning rate by `drop_factor`.
 
     Args:
         model_or_params: an `nn.Module` (its trainable parameters and floating buffers) or an
@@ -246,6 +266,11 @@ class AutoDrop:
         self._displacement = flat(params, self._shards.counted)  # -s_(t-1), valid when self._t >= 2
         self._displacement.zero_()  # read (and ignored) by the first interval's sums
         self._average: FlatCopy | None = None  # running weighted average while averaging
+        # x_a, the anchor of the growth test: the parameters at the start or right after the last drop.
+        self._anchor: FlatCopy | None = self._snapshot.clone() if self.config.detector == "growth" else None
+        self._distances: list[tuple[int, float]] = []  # (s, D(s)) of the growth test's window, oldest first
+        self._n_d = 0  # averaging intervals of the current averaging phase
+        self._last_phase = 0  # intervals from the previous anchor to the last drop (0 before the first drop)
         self._buffer_average: FlatCopy | None = None
 
         self._interval = 0
@@ -284,16 +309,26 @@ class AutoDrop:
         displacement, spare = self._snapshot, self._displacement
         # Partial sums over this process's elements; one all-reduce makes them global (none under DDP),
         # so every process takes the same decision below.
-        sums = self._shards.all_reduce(displacement.advance(params, spare))
-        dot, norm_sq, prev_norm_sq = sums.tolist()
+        # With the growth test, D(t) = |x_t - x_a|^2 joins the same pass (the new snapshot x_t against the
+        # anchor x_a) and the same all-reduce.
+        extra = [((spare, self._anchor), (spare, self._anchor))] if self._anchor is not None else []
+        sums = self._shards.all_reduce(displacement.advance(params, spare, extra=extra)).tolist()
         self._snapshot, self._displacement = spare, displacement
+        dot, norm_sq, prev_norm_sq = sums[:3]
+        distance_sq = math.nan
+        if self._anchor is not None:
+            distance_sq = max(0.0, sums[3])
+            if math.isfinite(distance_sq):
+                self._distances.append((self._t, distance_sq))
+            self._trim_distances()
 
         finite = math.isfinite(norm_sq)
         self._check_optimizer_stepped(norm_sq)
         angle = angle_from_sums(dot, norm_sq, prev_norm_sq) if self._t >= 2 else math.nan
         change = change_statistic(self._recent[-1], angle) if self._recent else math.nan
-        statistic = self._statistic(angle, change)
+        statistic, window = self._statistic(angle, change)
         tolerance = self._tolerance()
+        since_anchor = self._t
         self._report_bad_values(finite, norm_sq, prev_norm_sq)
 
         triggered = dropped = exhausted = False
@@ -302,6 +337,7 @@ class AutoDrop:
                 triggered = True
                 self._phase, self._k = AVERAGING, 1
                 self._trigger_norm_sq = norm_sq
+                self._n_d = cfg.averaging_intervals(self._t)
                 self._average = self._snapshot.clone()
                 if self._buffers:
                     self._buffer_average = FlatCopy.of(self._buffers)
@@ -312,13 +348,13 @@ class AutoDrop:
             if self._buffer_average is not None:
                 self._buffer_average.lerp_from(self._buffers, weight)
 
-        if self._phase == AVERAGING and self._k == cfg.drop_delay + 1:
+        if self._phase == AVERAGING and self._k == self._n_d + 1:
             dropped = True
             exhausted = self._drop(angle)
         else:
             # The paper's test needs the last angle; the trend test next interval's window (the t angles
             # kept so far, counting interval 1's undefined one), or all of them while fewer than trend_window.
-            keep = 1 if cfg.detector == "paper" else max(cfg.trend_window, trend_window_size(self._t, cfg.trend_window))
+            keep = 1 if cfg.detector != "trend" else max(cfg.trend_window, trend_window_size(self._t, cfg.trend_window))
             self._recent = (self._recent + [angle])[-keep:]
 
         return Measurement(
@@ -335,6 +371,9 @@ class AutoDrop:
             exhausted=exhausted,
             should_stop=exhausted and cfg.stop_when_exhausted,
             lrs=tuple(self._lr.current_lrs()),
+            window=window,
+            since_anchor=since_anchor,
+            distance_sq=distance_sq,
         )
 
     def _check_unchanged(self, params: list[torch.Tensor]) -> None:
@@ -375,16 +414,37 @@ class AutoDrop:
         )
         return True
 
-    def _statistic(self, angle: float, change: float) -> float:
-        """The detector's statistic at this interval (NaN while it has too few angles)."""
-        if self.config.detector == "paper":
-            return change
+    def _trim_distances(self) -> None:
+        """Keep the growth test's window [t/2, t] (thinned to at most about `_MAX_GROWTH_SAMPLES`)."""
+        start = growth_window_start(self._t)
+        if self._distances and self._distances[0][0] < start:
+            self._distances = [(s, d) for s, d in self._distances if s >= start]
+        if len(self._distances) > 2 * _MAX_GROWTH_SAMPLES:
+            self._distances = self._distances[::-1][::2][::-1]  # every other one, the newest kept
+
+    def _statistic(self, angle: float, change: float) -> tuple[float, int]:
+        """The detector's statistic at this interval (NaN while it has too few measurements) and the
+        window it covers, in intervals."""
+        cfg = self.config
+        if cfg.detector == "paper":
+            return change, 2
+        if cfg.detector == "growth":
+            window = self._t - growth_window_start(self._t) + 1
+            if (
+                self._t < max(cfg.first_check, cfg.growth_min_phase * self._last_phase)
+                or len(self._distances) < cfg.growth_min_samples
+            ):
+                return math.nan, window
+            return growth_exponent([s for s, _ in self._distances], [d for _, d in self._distances]), window
         # Angles exist from the second interval after the reset: t - 1 of them.
-        n = trend_window_size(self._t - 1, self.config.trend_window)
-        return trend_statistic((self._recent + [angle])[-n:]) if n else math.nan
+        n = trend_window_size(self._t - 1, cfg.trend_window)
+        return (trend_statistic((self._recent + [angle])[-n:]) if n else math.nan), n
 
     def _tolerance(self) -> float:
-        """What the statistic must stay below to trigger: the threshold, or z grown like the threshold."""
+        """What the statistic must stay below to trigger: the growth threshold, the paper's threshold,
+        or the trend test's z grown like the paper's threshold."""
+        if self.config.detector == "growth":
+            return self.config.growth_threshold
         if self.config.detector == "paper":
             return self._threshold
         return self.config.trend_z * self._threshold / self.config.threshold
@@ -403,10 +463,16 @@ class AutoDrop:
         self._threshold = min(cfg.max_threshold, self._threshold / cfg.drop_factor)
         self._num_drops += 1
         # Reset the angle history: the (averaged) parameters are the new x_0.
+        self._last_phase = self._t
         self._phase, self._k, self._t = MONITOR, 0, 0
         self._recent = []
         self._average = self._buffer_average = None
         self._snapshot.copy_from(self._shards.tensors())
+        if self._anchor is not None:
+            # The (averaged) parameters are the new anchor; the old buffer goes first (memory peak).
+            self._anchor = None
+            self._anchor = self._snapshot.clone()
+            self._distances = []
 
         if cfg.dry_run:
             logger.info(
@@ -482,7 +548,7 @@ class AutoDrop:
 
     def state_nbytes(self) -> int:
         """Bytes held in tensors by AutoDrop right now."""
-        buffers = [self._snapshot, self._displacement, self._average, self._buffer_average]
+        buffers = [self._snapshot, self._displacement, self._anchor, self._average, self._buffer_average]
         return sum(b.nbytes for b in buffers if b is not None)
 
     # ------------------------------------------------------------------ checkpointing
@@ -499,6 +565,7 @@ class AutoDrop:
             "displacement": self._displacement.state(),
             "average": None if self._average is None else self._average.state(),
             "buffer_average": None if self._buffer_average is None else self._buffer_average.state(),
+            "anchor": None if self._anchor is None else self._anchor.state(),
         }
         return {
             "format": _STATE_FORMAT,
@@ -510,6 +577,9 @@ class AutoDrop:
             "threshold": self._threshold,
             "num_drops": self._num_drops,
             "recent_angles": list(self._recent),
+            "averaging_intervals": self._n_d,
+            "last_phase": self._last_phase,
+            "growth_samples": [[s, d] for s, d in self._distances],
             "warned_zero": self._warned_zero,
             "trigger_norm_sq": self._trigger_norm_sq,
             "lr": self._lr.state_dict(),
@@ -570,6 +640,13 @@ class AutoDrop:
         saved_config = self._reconcile_config(state)
         self._snapshot.load(state["snapshot"], "snapshot")
         self._displacement.load(state["displacement"], "displacement")
+        if self._anchor is not None:
+            if state.get("anchor") is None:
+                raise ValueError(
+                    "AutoDrop state holds no anchor (it was saved with another detector than 'growth'); "
+                    "resume with the detector it was saved with, or start AutoDrop afresh."
+                )
+            self._anchor.load(state["anchor"], "anchor")
         if state["phase"] == AVERAGING:
             self._average = self._snapshot.empty_like()
             self._average.load(state["average"], "average")
@@ -592,6 +669,11 @@ class AutoDrop:
             self._threshold = min(cfg.max_threshold, cfg.threshold * growth)
         self._num_drops = int(state["num_drops"])
         self._recent = [float(a) for a in state["recent_angles"]]
+        self._n_d = int(state.get("averaging_intervals", self.config.averaging_intervals(self._t)))
+        if cfg.drop_delay is not None and cfg.drop_delay != saved_config.drop_delay:
+            self._n_d = cfg.drop_delay  # an explicit new delay applies to the window in progress too
+        self._distances = [(int(s), float(d)) for s, d in state.get("growth_samples", [])]
+        self._last_phase = int(state.get("last_phase", 0))
         self._warned_zero = bool(state["warned_zero"])
         self._trigger_norm_sq = float(state.get("trigger_norm_sq", math.nan))
 
@@ -643,7 +725,7 @@ class AutoDrop:
                 + ("not applied to the lr (dry run)" if saved.dry_run else "applied to the lr")
                 + ", so the lr scales would no longer describe the lrs."
             )
-        if state["phase"] == AVERAGING and int(state["k"]) > cfg.drop_delay:
+        if state["phase"] == AVERAGING and cfg.drop_delay is not None and int(state["k"]) > cfg.drop_delay:
             raise refuse(
                 f"the averaging window in progress already holds {int(state['k'])} snapshots, more than "
                 f"drop_delay={cfg.drop_delay} allows, so the drop would never come."
@@ -655,7 +737,11 @@ class AutoDrop:
             "max_threshold": "the current threshold is capped by the new maximum",
             "trend_window": "the trend test fits fewer angles from the next interval",
             "trend_z": "the trend test's tolerance uses the new z from the next interval",
-            "drop_delay": "an averaging window in progress ends after the new delay",
+            "drop_delay": "an averaging window in progress ends after the new delay (None: the one set at its trigger)",
+            "drop_delay_fraction": "averaging windows opened from now on use the new fraction",
+            "growth_threshold": "the growth test compares its exponent with the new threshold from the next interval",
+            "growth_min_samples": "the growth test needs the new number of measurements from the next interval",
+            "growth_min_phase": "the wait after a drop uses the new multiple from the next interval",
             "interval_steps": "the angles kept so far were measured over the old interval; the test mixes both",
             "average_buffers": "buffers are averaged (or not) from the next trigger on",
             "dry_run": "no drop has happened yet, so nothing to undo",

@@ -6,12 +6,14 @@ error, and writes `autodrop_demo/curves.png` (lr, training loss, angle and test 
     python -m hf_autodrop.demo            # or: hf-autodrop-demo
     python -m hf_autodrop.demo --help
 
-Why these settings: on a task this small the angle between epoch displacements changes by about
-0.1-20 degrees from one epoch to the next (measured), so the paper's threshold of 0.01 degrees never
-fires. The demo therefore starts at the paper's *largest* threshold (1 degree, growing to 5 after
-drops) and shortens the averaging window to 5 epochs for a 60-epoch run. Everything else is the
-paper's algorithm, its test included (`--detector trend` runs the library's default, noise-adaptive
-test instead). docs/results explains when the paper's defaults fire and when they do not.
+Why these settings: with the library's defaults (the growth test) this 60-epoch run does not drop
+at all (measured: 798 s on a loaded 2-core machine, no drop, final test error 0.67 %): with random
+shifts of every image and BatchNorm the parameters keep moving away from their starting point to the
+end (growth exponent above 0.2), and the default only drops once they have settled. A demo must show
+drops, so it runs the paper's test (`detector="paper"`) starting at the paper's *largest* threshold
+(1 degree, growing to 5 after drops) with 5-epoch averaging, which drops three times in 60 epochs.
+`--detector growth --drop-delay -1` runs the library's defaults instead (`-1`: the automatic
+averaging window). docs/results explains when each test fires.
 """
 
 from __future__ import annotations
@@ -138,14 +140,12 @@ def train_digits(cfg: dict, output_dir: str, dry_run: bool = False) -> dict:
         seed=cfg["seed"],
         dataloader_num_workers=0,
     )
-    autodrop = AutoDropCallback(
-        drop_factor=cfg["drop_factor"],
-        detector=cfg["detector"],
-        threshold=cfg["threshold"],
-        max_threshold=cfg["max_threshold"],
-        drop_delay=cfg["drop_delay"],
-        dry_run=dry_run,
-    )
+    settings = {"drop_factor": cfg["drop_factor"], "detector": cfg["detector"], "dry_run": dry_run}
+    if cfg["detector"] == "paper":
+        settings.update(threshold=cfg["threshold"], max_threshold=cfg["max_threshold"])
+    if cfg["drop_delay"] >= 0:
+        settings["drop_delay"] = cfg["drop_delay"]
+    autodrop = AutoDropCallback(**settings)
 
     def error_rate(pred):
         return {"error": float((pred.predictions.argmax(-1) != pred.label_ids).mean())}
@@ -170,8 +170,9 @@ def train_digits(cfg: dict, output_dir: str, dry_run: bool = False) -> dict:
         for key in ("loss", "learning_rate", "eval_error"):
             if key in h:
                 row[key] = h[key]
-    for m in autodrop.measurements:
-        per_epoch[round(m["epoch"])]["angle"] = m["angle"]
+    for m in autodrop.measurements:  # the last measurement of each epoch
+        row = per_epoch.setdefault(math.ceil(m["epoch"] - 1e-9), {})
+        row["statistic"] = m["statistic"]
     epochs = sorted(e for e in per_epoch if e > 0)
     errors = [per_epoch[e].get("eval_error", math.inf) for e in epochs]
     return {
@@ -179,7 +180,14 @@ def train_digits(cfg: dict, output_dir: str, dry_run: bool = False) -> dict:
         "final_test_error": errors[-1],
         "best_test_error": min(errors),
         "drops": [
-            {"epoch": round(m["epoch"]), "lr": m["lrs"][0], "angle": m["angle"], "at_floor": m["exhausted"]}
+            {
+                "epoch": round(m["epoch"], 2),
+                "lr": m["lrs"][0],
+                "angle": m["angle"],
+                # The phase's length: intervals since the start or the previous drop, in epochs.
+                "since_last_drop_epochs": round(m["since_anchor"] * m["epoch"] / m["interval"], 1),
+                "at_floor": m["exhausted"],
+            }
             for m in autodrop.measurements
             if m["dropped"]
         ],
@@ -214,7 +222,7 @@ def _plot(record: dict, path: str) -> str:
     panels = [
         ("learning_rate", "learning rate"),
         ("loss", "training loss"),
-        ("angle", "angle between\ndisplacements (deg)"),
+        ("statistic", "the saturation\ntest's statistic"),
         ("eval_error", "test error"),
     ]
     fig, axes = plt.subplots(4, 1, figsize=(7, 9), sharex=True)
@@ -233,7 +241,7 @@ def _plot(record: dict, path: str) -> str:
                 label=name,
             )
         ax.set_ylabel(label)
-        if key != "angle":
+        if key != "statistic":
             ax.set_yscale("symlog", linthresh=1e-3) if key == "eval_error" else ax.set_yscale("log")
         for drop in record["autodrop"]["drops"]:
             ax.axvline(drop["epoch"], color="tab:red", ls="--", lw=0.8)
@@ -253,7 +261,7 @@ def _print_summary(record: dict) -> None:
     print(f"{'drop':>4} {'epoch':>6} {'new lr':>10} {'angle (deg)':>12}")
     for i, d in enumerate(run["drops"], 1):
         note = "  (already at the floor)" if d["at_floor"] else ""
-        print(f"{i:>4} {d['epoch']:>6} {d['lr']:>10.3g} {d['angle']:>12.2f}{note}")
+        print(f"{i:>4} {d['epoch']:>6g} {d['lr']:>10.3g} {d['angle']:>12.2f}{note}")
     if not run["drops"]:
         print("   (no drop)")
     runs = [("AutoDrop", run)] + ([("constant lr", record["constant_lr"])] if "constant_lr" in record else [])

@@ -543,11 +543,24 @@ class TestOddRuns:
         assert autodrop_entries(trainer)[-1]["autodrop/num_drops"] == 1
 
     def test_short_run_measures_more_often_than_per_epoch(self, tmp_path, autodrop_logs):
-        # 5 epochs of 8 steps, the defaults: a drop needs 11 + 20 intervals; 40 // 93 -> every step.
-        trainer = make_trainer(tmp_path, [AutoDropCallback()], num_train_epochs=5)
+        # 5 epochs of 8 steps, the trend test: a drop needs 11 + 20 intervals; 40 // 93 -> every step.
+        trainer = make_trainer(tmp_path, [AutoDropCallback(detector="trend")], num_train_epochs=5)
         trainer.train()
         assert "measuring every 1 optimizer steps instead (40 intervals)" in autodrop_logs.text
         assert [e["step"] for e in autodrop_entries(trainer)] == list(range(1, 41))
+
+    def test_growth_test_measures_about_300_times_and_logs_its_time_scale(self, tmp_path, autodrop_logs):
+        # 80 epochs of 8 steps = 640 steps: every 640 // 300 = 2 steps, whatever the epoch count.
+        trainer = make_trainer(tmp_path, [AutoDropCallback()], num_train_epochs=80)
+        trainer.train()
+        assert "measuring every 2 optimizer steps (320 intervals" in autodrop_logs.text
+        entries = autodrop_entries(trainer)
+        assert [e["step"] for e in entries] == list(range(2, 641, 2))
+        last = entries[-1]
+        t = int(last["autodrop/since_anchor"])
+        assert last["autodrop/window"] == t - (t + 1) // 2 + 1
+        assert last["autodrop/window_steps"] == 2 * last["autodrop/window"]
+        assert last["autodrop/distance_sq"] > 0
 
     def test_short_run_with_auto_interval_drops(self, tmp_path):
         # 3 epochs of 8 steps, a drop needs 3 + 1 intervals: every 24 // 12 = 2 steps, a drop at step 8.

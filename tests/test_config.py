@@ -7,22 +7,40 @@ from hf_autodrop import AutoDropConfig
 
 def test_defaults_are_the_specs():
     cfg = AutoDropConfig()
-    assert (cfg.drop_factor, cfg.min_lr, cfg.threshold, cfg.max_threshold, cfg.drop_delay) == (0.1, None, 0.01, 1.0, 20)
+    assert (cfg.drop_factor, cfg.min_lr, cfg.threshold, cfg.max_threshold) == (0.1, None, 0.01, 1.0)
     assert cfg.interval_steps is None and cfg.average_buffers and not cfg.dry_run and not cfg.stop_when_exhausted
+    # drop_delay None: the paper's n_d of 20 intervals for the omega tests, a share of the phase for growth.
+    assert cfg.drop_delay is None
+    assert (
+        AutoDropConfig(detector="paper").averaging_intervals(7)
+        == AutoDropConfig(detector="trend").averaging_intervals(7)
+        == 20
+    )
 
 
-def test_the_trend_test_is_the_default_and_a_drop_needs_31_intervals():
+def test_the_growth_test_is_the_default_and_a_drop_needs_8_intervals():
     cfg = AutoDropConfig()
-    assert (cfg.detector, cfg.trend_window, cfg.trend_z) == ("trend", 10, 1.0)
-    assert cfg.min_intervals_per_drop == 10 + 1 + 20
+    assert (cfg.detector, cfg.growth_threshold, cfg.growth_min_samples, cfg.drop_delay_fraction) == (
+        "growth",
+        0.2,
+        4,
+        0.25,
+    )
+    assert cfg.first_check == 2 * (4 - 1)
+    assert cfg.min_intervals_per_drop == 6 + 2
+    assert AutoDropConfig(detector="trend").min_intervals_per_drop == 10 + 1 + 20
     assert AutoDropConfig(detector="paper").min_intervals_per_drop == 3 + 20
+    assert AutoDropConfig(drop_delay=0).min_intervals_per_drop == 6
 
 
-def test_auto_interval_leaves_room_for_three_drops():
+def test_auto_interval():
     cfg = AutoDropConfig()
-    assert cfg.auto_interval_steps(1200) == 1200 // 93 == 12
-    assert cfg.auto_interval_steps(20000) == 215
+    # The growth test: about 300 measurements per run, whatever its length.
+    assert cfg.auto_interval_steps(1200) == 4
+    assert cfg.auto_interval_steps(20000) == 66
     assert cfg.auto_interval_steps(50) == 1  # never 0
+    # The omega tests: room for three drops.
+    assert AutoDropConfig(detector="trend").auto_interval_steps(1200) == 1200 // 93 == 12
     assert AutoDropConfig(detector="paper").auto_interval_steps(1200) == 1200 // 69
 
 
@@ -43,6 +61,8 @@ def test_frozen():
         ("threshold", float("nan"), "> 0"),
         ("max_threshold", 0.001, ">= threshold"),
         ("drop_delay", -1, ">= 0"),
+        ("growth_threshold", -0.1, "> 0"),
+        ("growth_min_samples", 2, ">= 3"),
         ("drop_delay", 2.5, ">= 0"),
         ("interval_steps", 0, ">= 1"),
         ("dry_run", "yes", "True or False"),

@@ -244,7 +244,7 @@ class TestOddInput:
         model[0].requires_grad_(False)
         ad = AutoDrop(model, torch.optim.SGD(model.parameters(), lr=0.1))
         trainable_bytes = sum(p.numel() * 4 for p in model[1].parameters())
-        assert ad.state_nbytes() == 2 * trainable_bytes
+        assert ad.state_nbytes() == 3 * trainable_bytes  # snapshot, displacement, the growth test's anchor
 
     def test_no_trainable_parameters_is_an_error(self):
         model = torch.nn.Linear(3, 3).requires_grad_(False)
@@ -455,6 +455,9 @@ def test_measurement_logs_have_the_spec_keys():
         lr_scale=0.1,
         dropped=False,
         num_drops=1,
+        window=5,
+        since_anchor=9,
+        distance_sq=2.5,
     )
     assert m.logs() == {
         "autodrop/angle": 80.0,
@@ -464,6 +467,9 @@ def test_measurement_logs_have_the_spec_keys():
         "autodrop/lr_scale": 0.1,
         "autodrop/phase": 1.0,
         "autodrop/num_drops": 1.0,
+        "autodrop/window": 5.0,
+        "autodrop/since_anchor": 9.0,
+        "autodrop/distance_sq": 2.5,
     }
 
 

@@ -125,8 +125,9 @@ def _run_trend(omegas, **cfg):
 
 
 class TestTrendInsideAutoDrop:
-    def test_trend_is_the_default(self):
-        assert AutoDropConfig().detector == "trend"
+    def test_growth_is_the_default_and_trend_stays_an_option(self):
+        assert AutoDropConfig().detector == "growth"
+        assert AutoDropConfig(detector="trend").detector == "trend"
 
     def test_first_check_needs_a_full_window(self):
         out = _run_trend([60.0 + 2.0 * e for e in _noise(60, 0)], drop_delay=100)

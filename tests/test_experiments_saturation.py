@@ -10,11 +10,13 @@ from hf_autodrop import AutoDropConfig
 def test_default_row_is_the_library_default():
     rows = saturation_study.trend_rows({})
     default = saturation_study.default_trend_row(rows)
-    assert AutoDropConfig(**rows[default]) == AutoDropConfig()
+    assert AutoDropConfig(**rows[default]) == AutoDropConfig(detector="trend")
     # --autodrop overrides reach every trend row, and the default row follows them.
     rows = saturation_study.trend_rows({"trend_window": 20})
     assert all(fields["trend_window"] == 20 for fields in rows.values())
-    assert AutoDropConfig(**rows[saturation_study.default_trend_row(rows)]) == AutoDropConfig(trend_window=20)
+    assert AutoDropConfig(**rows[saturation_study.default_trend_row(rows)]) == AutoDropConfig(
+        detector="trend", trend_window=20
+    )
 
 
 def test_quick_study(tmp_path):

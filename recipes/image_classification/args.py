@@ -132,10 +132,15 @@ AUTODROP_HELP = {
     "min_lr": "No drop takes the lr below this floor.",
     "threshold": "theta_0: the saturation test's initial tolerance.",
     "max_threshold": "theta_max: the tolerance grows towards this after each drop.",
-    "detector": "Saturation test: paper (the paper's |delta omega|) or trend (noise-adaptive).",
+    "detector": "Saturation test: paper (the paper's |delta omega|, the recipes' default), growth (the library's "
+    "default: the distance from the last drop's point stops growing) or trend (a line through omega).",
+    "growth_threshold": "growth: saturated when the distance grows slower than t to this power.",
+    "growth_min_samples": "growth: the fewest measurements in its window [t/2, t].",
+    "growth_min_phase": "growth: after a drop, wait at least this multiple of the previous phase.",
     "trend_window": "trend: intervals in the fitted window.",
     "trend_z": "trend: standard errors allowed in the slope.",
     "drop_delay": "n_d: intervals of weight averaging between saturation and the drop.",
+    "drop_delay_fraction": "growth without drop_delay: average over this fraction of the time since the last drop.",
     "interval_steps": "Measure every N optimizer steps (None: once per epoch, or AutoDrop's choice for short runs).",
     "average_buffers": "Average BN statistics with the weights during the delay.",
     "dry_run": "Measure and log only; never change the lr.",
@@ -194,9 +199,10 @@ def build_parser(recipe: Recipe):
         model_name=recipe.model_name,
         model_kwargs=json.dumps(recipe.model_kwargs),
         milestones=list(recipe.milestones),
-        # AutoDrop: the paper's settings: its test (the library's default is the noise-adaptive "trend"
-        # test; --detector trend selects it), theta_0 0.01, theta_max 1.0, n_d 20 (the config's defaults).
+        # AutoDrop: the paper's settings: its test (the library's default is the growth test; --detector
+        # growth selects it), theta_0 0.01, theta_max 1.0 (the config's defaults), n_d 20.
         detector="paper",
+        drop_delay=20,
         drop_factor=recipe.drop_factor,
         min_lr=recipe.min_lr,
         # Optimisation: SGD with momentum 0.9, constant lr between drops, every parameter decayed.

@@ -1,0 +1,213 @@
+"""The growth test (the default detector) on synthetic parameter trajectories, through AutoDrop's public API.
+
+Each trajectory is generated once, step by step, in float64 and copied into the parameter before each
+`AutoDrop.step()`, so that measuring every k steps reads the same trajectory for every k: what changes
+with the interval is only how often AutoDrop looks.
+"""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from hf_autodrop import AutoDrop, AutoDropConfig
+from hf_autodrop.detectors import growth_exponent, growth_window_start
+
+DIM = 400
+
+
+def _ou(steps, seed, relax=40.0, noise=0.3, start=5.0):
+    """A point relaxing from `start` (every coordinate) to 0 at rate 1/relax, with stationary noise."""
+    rng = np.random.default_rng(seed)
+    x = np.full(DIM, start)
+    out = np.empty((steps + 1, DIM))
+    out[0] = x
+    for s in range(1, steps + 1):
+        x = x - x / relax + noise * rng.standard_normal(DIM)
+        out[s] = x
+    return out
+
+
+def _drift_in_noise(steps, seed, drift=0.02, noise=0.5):
+    """A steady drift hidden under a random walk 25x larger per step (omega at one step is about 90 deg)."""
+    rng = np.random.default_rng(seed)
+    return np.concatenate([np.zeros((1, DIM)), np.cumsum(drift + noise * rng.standard_normal((steps, DIM)), axis=0)])
+
+
+def _run(trajectory, every, **config):
+    """Steps AutoDrop every `every` steps of the trajectory (row 0: the start); returns (step, measurement)s."""
+    p = torch.nn.Parameter(torch.from_numpy(trajectory[0]).float())
+    ad = AutoDrop([p], torch.optim.SGD([p], lr=0.1), **{"dry_run": True, **config})
+    out = []
+    for s in range(every, len(trajectory), every):
+        with torch.no_grad():
+            p.copy_(torch.from_numpy(trajectory[s]))
+        out.append((s, ad.step()))
+    return out
+
+
+def _first(run, what="triggered"):
+    return next((s for s, m in run if getattr(m, what)), None)
+
+
+class TestExponent:
+    def test_power_laws_give_their_exponent_whatever_the_time_unit(self):
+        for power in (0.0, 0.5, 1.0, 2.0):
+            for unit in (1.0, 7.0, 1000.0):
+                times = [unit * s for s in range(10, 21)]
+                assert growth_exponent(times, [3.0 * (t**power) for t in times]) == pytest.approx(power, abs=1e-9)
+
+    def test_undefined_cases(self):
+        assert math.isnan(growth_exponent([1, 2], [1.0, 2.0]))  # too few samples
+        assert math.isnan(growth_exponent([1, 2, 3], [1.0, 0.0, 2.0]))  # did not move
+        assert math.isnan(growth_exponent([1, 2, 3], [1.0, math.nan, 2.0]))
+        with pytest.raises(ValueError, match="differ in length"):
+            growth_exponent([1, 2, 3], [1.0, 2.0])
+
+    def test_window_is_the_latter_half(self):
+        assert [growth_window_start(t) for t in (1, 2, 6, 7, 100)] == [1, 1, 3, 4, 50]
+
+
+class TestDecisions:
+    @pytest.mark.parametrize("seed", [0, 1, 2])
+    def test_same_first_trigger_at_four_interval_lengths(self, seed):
+        path = _ou(1600, seed)
+        firsts = [_first(_run(path, every)) for every in (2, 4, 8, 16)]
+        assert all(f is not None for f in firsts), firsts
+        # The point relaxes over ~40 steps per e-fold: it has settled after a few hundred steps, and the
+        # decision lands there at every interval (within one 16-step interval of each other).
+        assert 100 <= min(firsts) and max(firsts) <= 400, firsts
+        assert max(firsts) - min(firsts) <= 16 + 8, firsts
+        # The statistic is the same property of the trajectory at every interval: the exponent measured at
+        # step 800 agrees across interval lengths.
+        at_800 = [next(m.statistic for s, m in _run(path[:801], every, drop_delay=10**6)[-1:]) for every in (2, 16)]
+        assert at_800[0] == pytest.approx(at_800[1], abs=0.1)
+
+    @pytest.mark.parametrize("seed", [0, 1, 2])
+    def test_drift_under_noise_never_fires(self, seed):
+        path = _drift_in_noise(1600, seed)
+        for every in (1, 4, 16):
+            run = _run(path, every)
+            assert _first(run) is None, every
+            # Noise dominates early (exponent about 1), the drift late (towards 2): never near 0.
+            stats = [m.statistic for _, m in run if math.isfinite(m.statistic)]
+            assert min(stats) > 0.6
+        # The omega a one-step interval sees is the noise's 90 degrees, flat: the omega trend test fires on it.
+        trend = _run(path[:400], 1, detector="trend", drop_delay=1000)
+        assert _first(trend) is not None
+        angles = [m.angle for _, m in trend if math.isfinite(m.angle)]
+        assert abs(np.mean(angles) - 90.0) < 3.0
+
+    @pytest.mark.parametrize("seed", [0, 1])
+    def test_stationary_fires_at_the_first_check(self, seed):
+        # Already at the stationary point from the start: D stops growing after a few relaxation times.
+        path = _ou(1200, seed, relax=5.0, start=0.0)
+        for every in (4, 16):
+            run = _run(path, every)
+            first = _first(run)
+            assert first is not None and first <= 2 * 3 * every + 50, (every, first)
+
+    def test_the_studies_replay_takes_the_controllers_decision(self):
+        from experiments.interval_study import replay_first_trigger
+
+        for seed, every in [(0, 2), (1, 8), (2, 16)]:
+            path = _ou(1600, seed)
+            distances = [float(np.sum((row - path[0]) ** 2)) for row in path[1:]]
+            assert replay_first_trigger(distances, every) == _first(_run(path, every))
+        drift = _drift_in_noise(800, 0)
+        assert replay_first_trigger([float(np.sum(row**2)) for row in drift[1:]], 4) is None
+
+    def test_drop_delay_is_a_share_of_the_time_since_the_anchor(self):
+        path = _ou(1600, 0)
+        for every in (4, 16):
+            run = _run(path, every, drop_delay_fraction=0.5)
+            trigger, drop = _first(run), _first(run, "dropped")
+            # Averaging lasts half the intervals since the start (at least one): in steps, whatever the interval.
+            assert drop - trigger == every * max(1, round(0.5 * trigger / every))
+
+    def test_next_phase_lasts_at_least_as_long_as_the_last(self):
+        path = _ou(4000, 3, relax=5.0, start=0.0)
+        run = _run(path, 4, growth_min_phase=1.0)
+        drops = [s for s, m in run if m.dropped]
+        assert len(drops) >= 3
+        phases = np.diff([0] + drops)
+        triggers = [s for s, m in run if m.triggered]
+        # The trigger of phase n comes no earlier than the length of phase n - 1 after its drop.
+        for last_drop, last_phase, trigger in zip(drops, phases, triggers[1:]):
+            assert trigger - last_drop >= last_phase
+
+    def test_logs_say_the_time_scale(self):
+        run = _run(_ou(400, 0), 4)
+        s, m = run[39]  # interval 40
+        assert m.since_anchor == 40 and m.window == 40 - 20 + 1
+        assert m.logs()["autodrop/window"] == 21.0 and m.distance_sq > 0
+        assert m.logs()["autodrop/statistic"] == m.statistic
+
+
+class TestStateAndMemory:
+    def test_three_float32_copies_and_none_for_the_omega_tests(self):
+        p = torch.nn.Parameter(torch.zeros(1000))
+        opt = torch.optim.SGD([p], lr=0.1)
+        assert AutoDrop([p], opt).state_nbytes() == 3 * 4000
+        assert AutoDrop([p], opt, detector="paper").state_nbytes() == 2 * 4000
+        assert math.isnan(AutoDrop([p], opt, detector="trend").step().distance_sq)
+
+    @pytest.mark.parametrize("where", ["monitoring", "averaging", "after the first drop"])
+    def test_state_round_trip(self, where):
+        path = _ou(1200, 4, relax=10.0)
+        straight = _run(path, 4, dry_run=False)
+        trigger = next(i for i, (_, m) in enumerate(straight) if m.triggered)
+        drop = next(i for i, (_, m) in enumerate(straight) if m.dropped)
+        assert drop - trigger >= 2
+        stop = {"monitoring": trigger - 1, "averaging": trigger + 1, "after the first drop": drop + 3}[where]
+
+        p = torch.nn.Parameter(torch.from_numpy(path[0]).float())
+        ad_opt = torch.optim.SGD([p], lr=0.1)
+        ad = AutoDrop([p], ad_opt)
+        for s in range(4, 4 * stop + 1, 4):
+            with torch.no_grad():
+                p.copy_(torch.from_numpy(path[s]))
+            ad.step()
+        saved = torch.load(_save(ad.state_dict()), weights_only=True)
+        assert saved["growth_samples"] and (saved["anchor"] is not None)
+        q = torch.nn.Parameter(p.detach().clone())
+        opt = torch.optim.SGD([q], lr=0.1)
+        twin = AutoDrop([q], opt)
+        twin.load_state_dict(saved)
+        opt.load_state_dict(ad_opt.state_dict())  # the optimizer's own checkpoint carries the dropped lr
+        rest = []
+        for s in range(4 * stop + 4, len(path), 4):
+            with torch.no_grad():
+                q.copy_(torch.from_numpy(path[s]))
+            rest.append(twin.step())
+        assert repr(rest) == repr([m for _, m in straight[stop:]])
+
+    def test_state_of_another_detector_is_refused(self):
+        p = torch.nn.Parameter(torch.zeros(8))
+        paper = AutoDrop([p], torch.optim.SGD([p], lr=0.1), detector="paper")
+        growth = AutoDrop([p], torch.optim.SGD([p], lr=0.1))
+        with pytest.raises(ValueError, match="no anchor"):
+            growth.load_state_dict(paper.state_dict())
+
+    def test_config_validation(self):
+        for field, value in [
+            ("growth_threshold", 0.0),
+            ("growth_min_samples", 2),
+            ("growth_min_phase", -1.0),
+            ("drop_delay_fraction", 0.0),
+        ]:
+            with pytest.raises(ValueError, match=field):
+                AutoDropConfig(**{field: value})
+        assert AutoDropConfig().averaging_intervals(40) == 10
+        assert AutoDropConfig(drop_delay=3).averaging_intervals(40) == 3
+        assert AutoDropConfig(detector="paper").averaging_intervals(40) == 20
+
+
+def _save(state):
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    return buffer
