@@ -716,7 +716,9 @@ class AutoDrop:
             )
 
         if "detector" in changed:
-            raise refuse("the angle history kept in the state is sized for the saved saturation test.")
+            raise refuse(
+                "the history kept in the state (angles, or the growth test's anchor and distances) belongs to the saved saturation test."
+            )
         if cfg.trend_window > saved.trend_window and cfg.detector == "trend":
             raise refuse("the state keeps only the angles the smaller trend_window needs.")
         if "dry_run" in changed and int(state["num_drops"]) > 0:

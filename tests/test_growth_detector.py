@@ -187,7 +187,7 @@ class TestStateAndMemory:
         p = torch.nn.Parameter(torch.zeros(8))
         paper = AutoDrop([p], torch.optim.SGD([p], lr=0.1), detector="paper")
         growth = AutoDrop([p], torch.optim.SGD([p], lr=0.1))
-        with pytest.raises(ValueError, match="no anchor"):
+        with pytest.raises(ValueError, match="detector 'paper' -> 'growth'.*anchor"):
             growth.load_state_dict(paper.state_dict())
 
     def test_config_validation(self):

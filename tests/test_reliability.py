@@ -469,14 +469,16 @@ def test_load_refuses_a_state_saved_with_other_weights_and_says_what_to_load_fir
 def test_config_changes_in_a_custom_loop_load(autodrop_logs):
     params = _params((4,))
     opt = torch.optim.SGD(params, lr=0.1)
-    ad = AutoDrop(params, opt, config=AutoDropConfig(min_lr=1e-3))
+    ad = AutoDrop(params, opt, config=AutoDropConfig(min_lr=1e-3, detector="trend"))
     state = ad.state_dict()
-    again = AutoDrop(params, opt, config=AutoDropConfig(min_lr=0.05))
+    again = AutoDrop(params, opt, config=AutoDropConfig(min_lr=0.05, detector="trend"))
     again.load_state_dict(state)
     assert again._lr.floors == [0.05]
     assert "min_lr 0.001 -> 0.05" in autodrop_logs.text
     with pytest.raises(ValueError, match="trend_window"):
-        AutoDrop(params, opt, trend_window=20).load_state_dict(state)
+        AutoDrop(params, opt, detector="trend", trend_window=20).load_state_dict(state)
+    with pytest.raises(ValueError, match="detector"):
+        AutoDrop(params, opt).load_state_dict(state)  # the growth test needs an anchor the trend state lacks
 
 
 @pytest.mark.parametrize("durable", [True, False])
