@@ -386,7 +386,7 @@ def _chunk_pairs(pairs: Sequence[tuple], d: int, lo: int, hi: int, device: torch
     out = []
     for left, right in pairs:
         x = piece(left)
-        out.append((x, x if right is left else piece(right)))
+        out.append((x, x if right is left or right == left else piece(right)))  # |a - b|^2: one difference
     return out
 
 

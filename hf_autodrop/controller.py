@@ -311,7 +311,7 @@ class AutoDrop:
         # so every process takes the same decision below.
         # With the growth test, D(t) = |x_t - x_a|^2 joins the same pass (the new snapshot x_t against the
         # anchor x_a) and the same all-reduce.
-        extra = [((spare, self._anchor), (spare, self._anchor))] if self._anchor is not None else []
+        extra = [((spare, self._anchor),) * 2] if self._anchor is not None else []
         sums = self._shards.all_reduce(displacement.advance(params, spare, extra=extra)).tolist()
         self._snapshot, self._displacement = spare, displacement
         dot, norm_sq, prev_norm_sq = sums[:3]
