@@ -271,7 +271,7 @@ def _lr_entries(trainer):
 
 
 class TestResumeTrend:
-    """Exact resume with the default (trend) test, whose state includes the window's angles."""
+    """Exact resume with the trend test, whose state includes the window's angles."""
 
     EPOCHS = 8
     # trend_z 100 lets the test pass at its first check (11 intervals after a reset): drops at intervals
@@ -290,6 +290,43 @@ class TestResumeTrend:
         straight.train()
         entries = autodrop_entries(straight)
         assert [m["interval"] for m in _callback(straight).measurements if m["dropped"]] == [13, 26]
+        resumed = make_trainer(
+            tmp_path,
+            [AutoDropCallback(**self.CONFIG)],
+            num_train_epochs=self.EPOCHS,
+            save_strategy="no",
+            restore_callback_states_from_checkpoint=True,
+        )
+        resumed.train(resume_from_checkpoint=str(tmp_path / f"checkpoint-{stop_epoch * STEPS_PER_EPOCH}"))
+        assert _clean(autodrop_entries(resumed)) == _clean(entries)
+        for p, q in zip(resumed.model.parameters(), straight.model.parameters()):
+            assert torch.equal(p.detach(), q.detach())
+
+
+class TestResumeGrowth:
+    """Exact resume with the default (growth) test, whose state holds the anchor and the window's distances."""
+
+    EPOCHS = 8
+    # growth_threshold 10 passes at every check, so drops come as soon as the rules allow (first check,
+    # averaging over a quarter of the time since the anchor, each phase at least as long as the last).
+    CONFIG = dict(growth_threshold=10.0, drop_factor=0.5, interval_steps=2)
+
+    @pytest.mark.parametrize("stop_epoch", [2, 3, 5])
+    def test_resume_is_exact(self, tmp_path, stop_epoch):
+        straight = make_trainer(
+            tmp_path,
+            [AutoDropCallback(**self.CONFIG)],
+            num_train_epochs=self.EPOCHS,
+            save_strategy="epoch",
+            restore_callback_states_from_checkpoint=True,
+        )
+        straight.train()
+        entries = autodrop_entries(straight)
+        measurements = _callback(straight).measurements
+        assert sum(m["dropped"] for m in measurements) >= 2 and {m["phase"] for m in measurements} == {
+            "monitor",
+            "averaging",
+        }
         resumed = make_trainer(
             tmp_path,
             [AutoDropCallback(**self.CONFIG)],
