@@ -270,74 +270,56 @@ def _lr_entries(trainer):
     return [(h["step"], h["learning_rate"]) for h in trainer.state.log_history if "learning_rate" in h]
 
 
+def _resume_matches_straight_run(tmp_path, config: dict, epochs: int, stop_epoch: int) -> list[dict]:
+    """Train `epochs` epochs with checkpoints, resume a fresh Trainer from `stop_epoch`'s checkpoint, and
+    check that its AutoDrop logs and final parameters equal the straight run's; returns its measurements."""
+    straight = make_trainer(
+        tmp_path,
+        [AutoDropCallback(**config)],
+        num_train_epochs=epochs,
+        save_strategy="epoch",
+        restore_callback_states_from_checkpoint=True,
+    )
+    straight.train()
+    resumed = make_trainer(
+        tmp_path,
+        [AutoDropCallback(**config)],
+        num_train_epochs=epochs,
+        save_strategy="no",
+        restore_callback_states_from_checkpoint=True,
+    )
+    resumed.train(resume_from_checkpoint=str(tmp_path / f"checkpoint-{stop_epoch * STEPS_PER_EPOCH}"))
+    assert _clean(autodrop_entries(resumed)) == _clean(autodrop_entries(straight))
+    for p, q in zip(resumed.model.parameters(), straight.model.parameters()):
+        assert torch.equal(p.detach(), q.detach())
+    return _callback(straight).measurements
+
+
 class TestResumeTrend:
     """Exact resume with the trend test, whose state includes the window's angles."""
 
-    EPOCHS = 8
     # trend_z 100 lets the test pass at its first check (11 intervals after a reset): drops at intervals
     # 13 and 26 of 32 (two steps each); the stops land inside an averaging window and mid-window after a drop.
     CONFIG = dict(detector="trend", trend_z=100.0, drop_delay=2, drop_factor=0.5, interval_steps=2)
 
     @pytest.mark.parametrize("stop_epoch", [3, 5])
     def test_resume_is_exact(self, tmp_path, stop_epoch):
-        straight = make_trainer(
-            tmp_path,
-            [AutoDropCallback(**self.CONFIG)],
-            num_train_epochs=self.EPOCHS,
-            save_strategy="epoch",
-            restore_callback_states_from_checkpoint=True,
-        )
-        straight.train()
-        entries = autodrop_entries(straight)
-        assert [m["interval"] for m in _callback(straight).measurements if m["dropped"]] == [13, 26]
-        resumed = make_trainer(
-            tmp_path,
-            [AutoDropCallback(**self.CONFIG)],
-            num_train_epochs=self.EPOCHS,
-            save_strategy="no",
-            restore_callback_states_from_checkpoint=True,
-        )
-        resumed.train(resume_from_checkpoint=str(tmp_path / f"checkpoint-{stop_epoch * STEPS_PER_EPOCH}"))
-        assert _clean(autodrop_entries(resumed)) == _clean(entries)
-        for p, q in zip(resumed.model.parameters(), straight.model.parameters()):
-            assert torch.equal(p.detach(), q.detach())
+        measurements = _resume_matches_straight_run(tmp_path, self.CONFIG, 8, stop_epoch)
+        assert [m["interval"] for m in measurements if m["dropped"]] == [13, 26]
 
 
 class TestResumeGrowth:
     """Exact resume with the default (growth) test, whose state holds the anchor and the window's distances."""
 
-    EPOCHS = 8
     # growth_threshold 10 passes at every check, so drops come as soon as the rules allow (first check,
     # averaging over a quarter of the time since the anchor, each phase at least as long as the last).
     CONFIG = dict(growth_threshold=10.0, drop_factor=0.5, interval_steps=2)
 
     @pytest.mark.parametrize("stop_epoch", [2, 3, 5])
     def test_resume_is_exact(self, tmp_path, stop_epoch):
-        straight = make_trainer(
-            tmp_path,
-            [AutoDropCallback(**self.CONFIG)],
-            num_train_epochs=self.EPOCHS,
-            save_strategy="epoch",
-            restore_callback_states_from_checkpoint=True,
-        )
-        straight.train()
-        entries = autodrop_entries(straight)
-        measurements = _callback(straight).measurements
-        assert sum(m["dropped"] for m in measurements) >= 2 and {m["phase"] for m in measurements} == {
-            "monitor",
-            "averaging",
-        }
-        resumed = make_trainer(
-            tmp_path,
-            [AutoDropCallback(**self.CONFIG)],
-            num_train_epochs=self.EPOCHS,
-            save_strategy="no",
-            restore_callback_states_from_checkpoint=True,
-        )
-        resumed.train(resume_from_checkpoint=str(tmp_path / f"checkpoint-{stop_epoch * STEPS_PER_EPOCH}"))
-        assert _clean(autodrop_entries(resumed)) == _clean(entries)
-        for p, q in zip(resumed.model.parameters(), straight.model.parameters()):
-            assert torch.equal(p.detach(), q.detach())
+        measurements = _resume_matches_straight_run(tmp_path, self.CONFIG, 8, stop_epoch)
+        assert sum(m["dropped"] for m in measurements) >= 2
+        assert {m["phase"] for m in measurements} == {"monitor", "averaging"}
 
 
 class TestResume:
