@@ -247,7 +247,7 @@ class TestResumeHonoursTheUser:
     @pytest.mark.parametrize(
         "change, reason",
         [
-            (dict(detector="trend"), "sized for the saved saturation test"),
+            (dict(detector="trend"), "belongs to the saved saturation test"),
             (dict(drop_delay=1), "already holds 2 snapshots, more than drop_delay=1 allows"),
             (dict(dry_run=True), None),
         ],
