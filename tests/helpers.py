@@ -92,3 +92,20 @@ def autodrop_entries(trainer) -> list[dict]:
 # A threshold no angle change reaches: the trigger fires at the first check (third interval after a
 # reset), so drops land at fixed intervals 3 + drop_delay, 2 * (3 + drop_delay), ...
 ALWAYS = dict(detector="paper", threshold=180.0, max_threshold=180.0)
+
+
+def copy_checkpoint(out, step, tmp_path):
+    """A copy of `out`/checkpoint-`step` under `tmp_path` whose trainer_state.json records the copy's own
+    AutoDrop file (as a checkpoint moved or downloaded elsewhere would, once re-pointed)."""
+    import json
+    import shutil
+
+    from hf_autodrop.callback import STATE_FILE
+
+    ckpt = tmp_path / f"checkpoint-{step}"
+    shutil.copytree(out / ckpt.name, ckpt)
+    path = ckpt / "trainer_state.json"
+    state = json.loads(path.read_text())
+    state["stateful_callbacks"]["AutoDropCallback"]["attributes"]["_checkpoint"]["file"] = str(ckpt / STATE_FILE)
+    path.write_text(json.dumps(state))
+    return ckpt

@@ -11,7 +11,7 @@ from transformers.trainer_utils import SchedulerType
 from hf_autodrop import AutoDropCallback
 from hf_autodrop.callback import STATE_FILE, install
 
-from .helpers import ALWAYS, MLP, autodrop_entries, make_trainer
+from .helpers import ALWAYS, MLP, autodrop_entries, copy_checkpoint, make_trainer
 
 KEYS = {
     "autodrop/angle",
@@ -466,17 +466,8 @@ class TestResume:
     @staticmethod
     def _copy_epoch_4(straight, tmp_path):
         """A copy of the straight run's epoch-4 checkpoint whose trainer_state.json records the copy's AutoDrop file."""
-        import json
-        import shutil
-
         out, *_ = straight
-        ckpt = tmp_path / f"checkpoint-{4 * STEPS_PER_EPOCH}"
-        shutil.copytree(out / ckpt.name, ckpt)
-        path = ckpt / "trainer_state.json"
-        state = json.loads(path.read_text())
-        state["stateful_callbacks"]["AutoDropCallback"]["attributes"]["_checkpoint"]["file"] = str(ckpt / STATE_FILE)
-        path.write_text(json.dumps(state))
-        return ckpt
+        return copy_checkpoint(out, 4 * STEPS_PER_EPOCH, tmp_path)
 
 
 class _Poison(TrainerCallback):

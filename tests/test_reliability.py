@@ -21,7 +21,7 @@ from hf_autodrop import AutoDrop, AutoDropCallback, AutoDropConfig, angle_degree
 from hf_autodrop.callback import STATE_FILE, install
 
 from ._distributed import REPO
-from .helpers import ALWAYS, MLP, Digits, autodrop_entries, make_trainer
+from .helpers import ALWAYS, MLP, Digits, autodrop_entries, copy_checkpoint, make_trainer
 from .scripts import killed_run
 
 STEPS_PER_EPOCH = 8  # 256 examples / batch 32
@@ -164,21 +164,10 @@ def test_a_moved_checkpoint_prefers_its_own_file_over_the_recorded_path(straight
     _same_run(resumed, full, full_params)
 
 
-def _copy_checkpoint(out, step, tmp_path):
-    """A copy of checkpoint-`step` whose trainer_state.json records the copy's own AutoDrop file."""
-    ckpt = tmp_path / f"checkpoint-{step}"
-    shutil.copytree(out / ckpt.name, ckpt)
-    path = ckpt / "trainer_state.json"
-    state = json.loads(path.read_text())
-    state["stateful_callbacks"]["AutoDropCallback"]["attributes"]["_checkpoint"]["file"] = str(ckpt / STATE_FILE)
-    path.write_text(json.dumps(state))
-    return ckpt
-
-
 class TestDamagedOrForeignState:
     def test_a_flipped_exponent_bit_in_the_running_average_is_refused(self, straight, tmp_path):
         out, *_ = straight
-        ckpt = _copy_checkpoint(out, 4 * STEPS_PER_EPOCH, tmp_path)
+        ckpt = copy_checkpoint(out, 4 * STEPS_PER_EPOCH, tmp_path)
         payload = torch.load(ckpt / STATE_FILE, weights_only=True)
         assert payload["autodrop"]["phase"] == "averaging"
         average = payload["autodrop"]["average"][0]
@@ -190,7 +179,7 @@ class TestDamagedOrForeignState:
 
     def test_a_truncated_file_is_refused(self, straight, tmp_path):
         out, *_ = straight
-        ckpt = _copy_checkpoint(out, 4 * STEPS_PER_EPOCH, tmp_path)
+        ckpt = copy_checkpoint(out, 4 * STEPS_PER_EPOCH, tmp_path)
         data = (ckpt / STATE_FILE).read_bytes()
         (ckpt / STATE_FILE).write_bytes(data[: len(data) // 2])
         with pytest.raises(ValueError, match="unreadable"):
@@ -201,20 +190,20 @@ class TestDamagedOrForeignState:
         # A branch: the same run resumed from epoch 3 on other data, saving its own epoch-4 checkpoint (same run
         # id, same step and interval as the original's).
         branch = tmp_path / "branch"
-        _copy_checkpoint(out, 3 * STEPS_PER_EPOCH, branch)
+        copy_checkpoint(out, 3 * STEPS_PER_EPOCH, branch)
         other_data = Digits("train", 256)
         other_data.x = other_data.x.flip(0)
         killed_run.trainer(str(branch), train_dataset=other_data).train(
             resume_from_checkpoint=str(branch / "checkpoint-24")
         )
-        ckpt = _copy_checkpoint(out, 4 * STEPS_PER_EPOCH, tmp_path / "mixed")
+        ckpt = copy_checkpoint(out, 4 * STEPS_PER_EPOCH, tmp_path / "mixed")
         shutil.copy(branch / "checkpoint-32" / STATE_FILE, ckpt / STATE_FILE)
         with pytest.raises(ValueError, match="other parameter values than the model holds now"):
             killed_run.trainer(str(tmp_path / "mixed"), save_strategy="no").train(resume_from_checkpoint=str(ckpt))
 
     def test_a_damaged_trainer_state_entry_is_a_clear_error(self, straight, tmp_path):
         out, *_ = straight
-        ckpt = _copy_checkpoint(out, 4 * STEPS_PER_EPOCH, tmp_path)
+        ckpt = copy_checkpoint(out, 4 * STEPS_PER_EPOCH, tmp_path)
         path = ckpt / "trainer_state.json"
         state = json.loads(path.read_text())
         del state["stateful_callbacks"]["AutoDropCallback"]["attributes"]["_checkpoint"]["run_id"]
