@@ -175,6 +175,7 @@ def simulate(
     if autodrop is not None:
         interval = autodrop.interval_steps or 1
         controller = AutoDrop([x], opt, config=autodrop)
+        controller.set_horizon(steps / interval)  # a run of known length (enables the growth test's cooldown)
     gen = torch.Generator().manual_seed(int(seed))
 
     dots = np.empty(steps)

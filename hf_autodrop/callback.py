@@ -182,6 +182,7 @@ class AutoDropCallback(TrainerCallback, ExportableState):
             self._resume(args, state, checkpoint, resume_dir)
         else:
             self.measurements = []
+        self._set_horizon(state, report=not resuming)
         return control
 
     def on_step_end(self, args, state, control, **kwargs):
@@ -356,6 +357,26 @@ class AutoDropCallback(TrainerCallback, ExportableState):
                 "itself; AutoDrop's drops multiply that schedule. Set lr_scheduler_type='constant' (or "
                 "'constant_with_warmup') to let AutoDrop alone decide when the lr goes down.",
                 name,
+            )
+
+    def _set_horizon(self, state, report: bool) -> None:
+        """The run's length in intervals (from `max_steps`, which a resumed run may have changed), for the
+        cooldown of its final segment (`AutoDropConfig.cooldown_fraction`)."""
+        if self._every is not None:
+            horizon = state.max_steps / self._every if state.max_steps > 0 else None
+        else:
+            horizon = float(state.num_train_epochs) if state.num_train_epochs else None
+        self.autodrop.set_horizon(horizon)
+        start = self.autodrop.cooldown_start
+        if report and start is not None:
+            logger.info(
+                "AutoDrop: the run ends after %.6g intervals; unless a drop lands in its final %.3g (from interval "
+                "%d on) or the parameters still drift then, it starts that segment at a lower lr "
+                "(cooldown_fraction=%g; 0 turns it off).",
+                horizon,
+                self.config.cooldown_fraction,
+                start,
+                self.config.cooldown_fraction,
             )
 
     def _plan_interval(self, state, report: bool) -> int | None:

@@ -15,6 +15,12 @@ GROWTH_THRESHOLD = 0.2
 GROWTH_MIN_SAMPLES = 4
 GROWTH_MIN_PHASE = 1.0
 DROP_DELAY_FRACTION = 0.25
+# The cooldown of a run of known length: its final segment (this fraction of the run) starts at a lower lr.
+COOLDOWN_FRACTION = 0.2
+# ... unless the parameters still drift: a growth exponent at or above this (1.5, halfway between noise
+# and drift on the log scale: the drift's share of D equals the noise's) means the run is far from its lr's
+# noise floor, and a drop would only slow it down.
+COOLDOWN_MAX_EXPONENT = 1.5
 # With the growth test and interval_steps=None: about this many intervals per run.
 GROWTH_INTERVALS_PER_RUN = 300
 # The paper's n_d: the omega tests' averaging intervals when drop_delay is None.
@@ -74,6 +80,17 @@ class AutoDropConfig:
         drop_delay_fraction (`float`, defaults to 0.25):
             With `drop_delay=None` and the `"growth"` test: the averaging lasts this fraction of the
             time since the start or the last drop, measured at the trigger (> 0).
+        cooldown_fraction (`float`, defaults to 0.2):
+            With the `"growth"` test and a run of known length (the Trainer callback knows it; a custom
+            loop tells `AutoDrop.set_horizon`): the run's last `cooldown_fraction` starts at a lower lr.
+            A run that ends before its learning rate has saturated (AdamW's parameters diffuse for far
+            longer than most runs) still sits above the loss its lr's noise allows; one drop at the start
+            of the final segment collects that gain, as a cosine schedule's tail or a warm-up-stable-decay
+            schedule's cooldown does. The averaging window before it ends where the segment starts. It is
+            skipped while the parameters still drift (growth exponent over [t/2, t] at or above 1.5: the
+            loss is still falling fast), when the current lr began less than one segment before the
+            segment (a drop just landed), or when a drop already landed inside the segment. At most one per
+            run; 0 turns it off. The omega tests (`"paper"`, `"trend"`) never cool down.
         interval_steps (`int` or `None`, defaults to `None`):
             `None`: with the `"growth"` test, every `auto_interval_steps(max_steps)` optimizer updates
             (about 300 intervals per run, logged); with the omega tests once per epoch, or, when
@@ -96,7 +113,7 @@ class AutoDropConfig:
 
     Example:
         >>> AutoDropConfig(drop_factor=0.2, drop_delay=5)
-        AutoDropConfig(drop_factor=0.2, min_lr=None, threshold=0.01, max_threshold=1.0, detector='growth', growth_threshold=0.2, growth_min_samples=4, growth_min_phase=1.0, trend_window=10, trend_z=1.0, drop_delay=5, drop_delay_fraction=0.25, interval_steps=None, average_buffers=True, dry_run=False, stop_when_exhausted=False, offload_to_cpu=False)
+        AutoDropConfig(drop_factor=0.2, min_lr=None, threshold=0.01, max_threshold=1.0, detector='growth', growth_threshold=0.2, growth_min_samples=4, growth_min_phase=1.0, trend_window=10, trend_z=1.0, drop_delay=5, drop_delay_fraction=0.25, cooldown_fraction=0.2, interval_steps=None, average_buffers=True, dry_run=False, stop_when_exhausted=False, offload_to_cpu=False)
     """
 
     drop_factor: float = 0.1
@@ -111,6 +128,7 @@ class AutoDropConfig:
     trend_z: float = 1.0
     drop_delay: int | None = None
     drop_delay_fraction: float = DROP_DELAY_FRACTION
+    cooldown_fraction: float = COOLDOWN_FRACTION
     interval_steps: int | None = None
     average_buffers: bool = True
     dry_run: bool = False
@@ -169,6 +187,12 @@ class AutoDropConfig:
             or self.drop_delay_fraction <= 0
         ):
             raise bad("drop_delay_fraction", "a finite number > 0 (a fraction of the time since the last drop)")
+        if (
+            not _is_number(self.cooldown_fraction)
+            or not math.isfinite(self.cooldown_fraction)
+            or not 0 <= self.cooldown_fraction < 0.5
+        ):
+            raise bad("cooldown_fraction", "a number in [0, 0.5) (the share of the run to start at a lower lr; 0: off)")
         if self.interval_steps is not None and (
             not isinstance(self.interval_steps, int) or isinstance(self.interval_steps, bool) or self.interval_steps < 1
         ):

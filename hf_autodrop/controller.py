@@ -11,7 +11,7 @@ import torch
 
 from .angles import angle_from_sums
 from .averaging import FlatCopy, OffloadedFlatCopy
-from .config import AutoDropConfig
+from .config import COOLDOWN_MAX_EXPONENT, AutoDropConfig
 from .detectors import change_statistic, growth_exponent, growth_window_start, trend_statistic, trend_window_size
 from .distributed import local_shards
 from .lr import LRGroups
@@ -64,6 +64,9 @@ class Measurement:
         since_anchor: t, the intervals since the start or the last drop (0 right after a drop).
         distance_sq: D(t) = |x_t - x_a|^2, the squared distance from the anchor (the start or the
             last drop's averaged point); NaN with the omega tests, which do not keep the anchor.
+        cooldown: the run's cooldown has begun: its final segment's drop was triggered at or before this
+            interval by the run's end (`cooldown_fraction`), not by saturation, or a drop landed inside
+            that segment (so none is added).
     """
 
     interval: int
@@ -82,6 +85,7 @@ class Measurement:
     window: int = 0
     since_anchor: int = 0
     distance_sq: float = math.nan
+    cooldown: bool = False
 
     def logs(self) -> dict[str, float]:
         """The `autodrop/*` metrics logged every interval."""
@@ -96,6 +100,7 @@ class Measurement:
             "autodrop/window": float(self.window),
             "autodrop/since_anchor": float(self.since_anchor),
             "autodrop/distance_sq": self.distance_sq,
+            "autodrop/cooldown": 1.0 if self.cooldown else 0.0,
         }
 
 
@@ -271,6 +276,8 @@ class AutoDrop:
         self._distances: list[tuple[int, float]] = []  # (s, D(s)) of the growth test's window, oldest first
         self._n_d = 0  # averaging intervals of the current averaging phase
         self._last_phase = 0  # intervals from the previous anchor to the last drop (0 before the first drop)
+        self._horizon: float | None = None  # the run's length in intervals, when known (set_horizon)
+        self._cooled = False  # the cooldown was triggered, or a drop landed in the final segment
         self._buffer_average: FlatCopy | None = None
 
         self._interval = 0
@@ -333,11 +340,26 @@ class AutoDrop:
 
         triggered = dropped = exhausted = False
         if self._phase == MONITOR:
-            if finite and statistic < tolerance:
+            cooldown_delay = None if not finite or statistic < tolerance else self._cooldown_delay()
+            if finite and (statistic < tolerance or cooldown_delay is not None):
                 triggered = True
                 self._phase, self._k = AVERAGING, 1
                 self._trigger_norm_sq = norm_sq
-                self._n_d = cfg.averaging_intervals(self._t)
+                self._n_d = cfg.averaging_intervals(self._t) if cooldown_delay is None else cooldown_delay
+                if cooldown_delay is not None:
+                    self._cooled = True
+                    logger.info(
+                        "AutoDrop: cooldown of the run's final %.3g at interval %d (the run ends after %.6g "
+                        "intervals; growth exponent %.3f over the last %d, below %.3g: not drifting): averaging "
+                        "for %d interval(s), then dropping",
+                        cfg.cooldown_fraction,
+                        self._interval,
+                        self._horizon,
+                        self._phase_exponent(),
+                        window,
+                        COOLDOWN_MAX_EXPONENT,
+                        self._n_d,
+                    )
                 self._average = self._snapshot.clone()
                 if self._buffers:
                     self._buffer_average = FlatCopy.of(self._buffers)
@@ -374,6 +396,7 @@ class AutoDrop:
             window=window,
             since_anchor=since_anchor,
             distance_sq=distance_sq,
+            cooldown=self._cooled,
         )
 
     def _check_unchanged(self, params: list[torch.Tensor]) -> None:
@@ -440,6 +463,59 @@ class AutoDrop:
         n = trend_window_size(self._t - 1, cfg.trend_window)
         return (trend_statistic((self._recent + [angle])[-n:]) if n else math.nan), n
 
+    # ------------------------------------------------------------------ the cooldown of a run of known length
+    def set_horizon(self, intervals: float | None) -> None:
+        """Tell AutoDrop how many intervals the run has in all (counting from its start, resumed runs
+        included), or None when unknown. With the `"growth"` test this enables the cooldown
+        (`AutoDropConfig.cooldown_fraction`): the run's final segment starts at a lower lr. The Trainer
+        callback sets it from `max_steps`; a custom loop of N intervals calls `set_horizon(N)`."""
+        if intervals is not None and (not isinstance(intervals, (int, float)) or not intervals > 0):
+            raise ValueError(f"horizon must be a positive number of intervals or None, got {intervals!r}")
+        self._horizon = None if intervals is None else float(intervals)
+
+    @property
+    def horizon(self) -> float | None:
+        """The run's length in intervals as told by `set_horizon` (None: unknown, no cooldown)."""
+        return self._horizon
+
+    @property
+    def cooldown_start(self) -> int | None:
+        """The interval at which the final segment starts (the cooldown's drop lands), or None."""
+        f = self.config.cooldown_fraction
+        if self._horizon is None or not f or self.config.detector != "growth":
+            return None
+        return math.ceil((1.0 - f) * self._horizon)
+
+    def _phase_exponent(self) -> float:
+        """The growth exponent over the window [t/2, t] of the current phase (NaN: too few samples)."""
+        if len(self._distances) < self.config.growth_min_samples:
+            return math.nan
+        return growth_exponent([s for s, _ in self._distances], [d for _, d in self._distances])
+
+    def _cooldown_delay(self) -> int | None:
+        """The averaging intervals of the cooldown's trigger when it is due now, else None.
+
+        Due at the first interval from which the usual averaging window would reach the final segment's
+        start, when: no cooldown has been triggered and no drop has landed inside the segment; the
+        current lr began at least one segment's length before the segment; the drop can land before
+        the run's last interval; and the parameters no longer drift (the growth exponent of the current
+        phase is below `COOLDOWN_MAX_EXPONENT`). The window ends where the segment starts.
+        """
+        start = self.cooldown_start
+        if start is None or self._cooled:
+            return None
+        cfg = self.config
+        anchor_interval = self._interval - self._t
+        if anchor_interval > start - cfg.cooldown_fraction * self._horizon:
+            return None
+        delay = max(1, min(cfg.averaging_intervals(self._t), start - self._interval))
+        if self._interval + cfg.averaging_intervals(self._t) < start or self._interval + delay >= self._horizon:
+            return None
+        exponent = self._phase_exponent()
+        if not exponent < COOLDOWN_MAX_EXPONENT:
+            return None
+        return delay
+
     def _tolerance(self) -> float:
         """What the statistic must stay below to trigger: the growth threshold, the paper's threshold,
         or the trend test's z grown like the paper's threshold."""
@@ -462,6 +538,9 @@ class AutoDrop:
         exhausted = self._lr.drop(cfg.drop_factor, apply=not cfg.dry_run)
         self._threshold = min(cfg.max_threshold, self._threshold / cfg.drop_factor)
         self._num_drops += 1
+        start = self.cooldown_start
+        if start is not None and self._interval >= start:
+            self._cooled = True  # a drop landed in the final segment: no cooldown on top of it
         # Reset the angle history: the (averaged) parameters are the new x_0.
         self._last_phase = self._t
         self._phase, self._k, self._t = MONITOR, 0, 0
@@ -485,13 +564,13 @@ class AutoDrop:
             )
         else:
             logger.info(
-                "AutoDrop: drop #%d at interval %d: lr %s -> %s, angle %.4f deg, threshold now %.4g deg%s",
+                "AutoDrop: drop #%d at interval %d: lr %s -> %s, angle %.4f deg%s%s",
                 self._num_drops,
                 self._interval,
                 _fmt(old_lrs),
                 _fmt(self._lr.current_lrs()),
                 angle,
-                self._threshold,
+                "" if cfg.detector == "growth" else f", threshold now {self._threshold:.4g} deg",
                 " (every group already at its floor)" if exhausted else "",
             )
         return exhausted
@@ -579,6 +658,8 @@ class AutoDrop:
             "recent_angles": list(self._recent),
             "averaging_intervals": self._n_d,
             "last_phase": self._last_phase,
+            "horizon": self._horizon,
+            "cooled": self._cooled,
             "growth_samples": [[s, d] for s, d in self._distances],
             "warned_zero": self._warned_zero,
             "trigger_norm_sq": self._trigger_norm_sq,
@@ -674,6 +755,9 @@ class AutoDrop:
             self._n_d = cfg.drop_delay  # an explicit new delay applies to the window in progress too
         self._distances = [(int(s), float(d)) for s, d in state.get("growth_samples", [])]
         self._last_phase = int(state.get("last_phase", 0))
+        horizon = state.get("horizon")
+        self._horizon = None if horizon is None else float(horizon)
+        self._cooled = bool(state.get("cooled", False))
         self._warned_zero = bool(state["warned_zero"])
         self._trigger_norm_sq = float(state.get("trigger_norm_sq", math.nan))
 
@@ -744,6 +828,7 @@ class AutoDrop:
             "growth_threshold": "the growth test compares its exponent with the new threshold from the next interval",
             "growth_min_samples": "the growth test needs the new number of measurements from the next interval",
             "growth_min_phase": "the wait after a drop uses the new multiple from the next interval",
+            "cooldown_fraction": "the final segment starts at the new share of the run (at most one cooldown per run)",
             "interval_steps": "the angles kept so far were measured over the old interval; the test mixes both",
             "average_buffers": "buffers are averaged (or not) from the next trigger on",
             "dry_run": "no drop has happened yet, so nothing to undo",

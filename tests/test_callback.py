@@ -1,5 +1,6 @@
 """AutoDropCallback inside a real `transformers.Trainer` on scikit-learn's digits (CPU)."""
 
+import logging
 import math
 import os
 
@@ -270,7 +271,7 @@ def _lr_entries(trainer):
     return [(h["step"], h["learning_rate"]) for h in trainer.state.log_history if "learning_rate" in h]
 
 
-def _resume_matches_straight_run(tmp_path, config: dict, epochs: int, stop_epoch: int) -> list[dict]:
+def _resume_matches_straight_run(tmp_path, config: dict, epochs: int, stop_epoch: int, **overrides) -> list[dict]:
     """Train `epochs` epochs with checkpoints, resume a fresh Trainer from `stop_epoch`'s checkpoint, and
     check that its AutoDrop logs and final parameters equal the straight run's; returns its measurements."""
     straight = make_trainer(
@@ -279,6 +280,7 @@ def _resume_matches_straight_run(tmp_path, config: dict, epochs: int, stop_epoch
         num_train_epochs=epochs,
         save_strategy="epoch",
         restore_callback_states_from_checkpoint=True,
+        **overrides,
     )
     straight.train()
     resumed = make_trainer(
@@ -287,6 +289,7 @@ def _resume_matches_straight_run(tmp_path, config: dict, epochs: int, stop_epoch
         num_train_epochs=epochs,
         save_strategy="no",
         restore_callback_states_from_checkpoint=True,
+        **overrides,
     )
     resumed.train(resume_from_checkpoint=str(tmp_path / f"checkpoint-{stop_epoch * STEPS_PER_EPOCH}"))
     assert _clean(autodrop_entries(resumed)) == _clean(autodrop_entries(straight))
@@ -320,6 +323,30 @@ class TestResumeGrowth:
         measurements = _resume_matches_straight_run(tmp_path, self.CONFIG, 8, stop_epoch)
         assert sum(m["dropped"] for m in measurements) >= 2
         assert {m["phase"] for m in measurements} == {"monitor", "averaging"}
+
+
+class TestCooldown:
+    """The Trainer tells AutoDrop the run's length: its final fifth starts at a lower lr unless still drifting."""
+
+    # growth_threshold 1e-9: the saturation test never fires, so the only drop is the cooldown's.
+    CONFIG = dict(growth_threshold=1e-9)
+
+    def test_the_final_segment_starts_lower_and_resume_is_exact(self, tmp_path, caplog):
+        with caplog.at_level(logging.INFO, logger="hf_autodrop"):
+            measurements = _resume_matches_straight_run(tmp_path, self.CONFIG, 30, 20, learning_rate=0.2)
+        # 30 epochs of 8 steps, one interval per step (240 // 300 -> 1): the segment starts at step 192.
+        assert [m["step"] for m in measurements if m["dropped"]] == [192]
+        trigger = next(m["step"] for m in measurements if m["triggered"])
+        assert all(m["cooldown"] == (m["step"] >= trigger) for m in measurements)
+        assert "the run ends after 240 intervals" in caplog.text and "cooldown of the run's final 0.2" in caplog.text
+
+    def test_a_run_still_drifting_at_its_end_is_not_cooled_down(self, tmp_path):
+        # 8 epochs at lr 0.05: the loss is still falling fast (growth exponent about 1.6 at the end).
+        trainer = make_trainer(tmp_path, [AutoDropCallback(**self.CONFIG)], num_train_epochs=8)
+        trainer.train()
+        entries = autodrop_entries(trainer)
+        assert len(entries) == 64 and entries[-1]["autodrop/statistic"] > 1.5
+        assert not any(e["autodrop/cooldown"] or e["autodrop/num_drops"] for e in entries)
 
 
 class TestResume:

@@ -458,6 +458,7 @@ def test_measurement_logs_have_the_spec_keys():
         window=5,
         since_anchor=9,
         distance_sq=2.5,
+        cooldown=True,
     )
     assert m.logs() == {
         "autodrop/angle": 80.0,
@@ -470,6 +471,7 @@ def test_measurement_logs_have_the_spec_keys():
         "autodrop/window": 5.0,
         "autodrop/since_anchor": 9.0,
         "autodrop/distance_sq": 2.5,
+        "autodrop/cooldown": 1.0,
     }
 
 

@@ -35,10 +35,19 @@ def _drift_in_noise(steps, seed, drift=0.02, noise=0.5):
     return np.concatenate([np.zeros((1, DIM)), np.cumsum(drift + noise * rng.standard_normal((steps, DIM)), axis=0)])
 
 
-def _run(trajectory, every, **config):
-    """Steps AutoDrop every `every` steps of the trajectory (row 0: the start); returns (step, measurement)s."""
+def _walk(steps, seed, noise=0.5):
+    """A pure random walk (D grows like t for ever: the parameters diffuse, as AdamW's do for a whole run)."""
+    rng = np.random.default_rng(seed)
+    return np.concatenate([np.zeros((1, DIM)), np.cumsum(noise * rng.standard_normal((steps, DIM)), axis=0)])
+
+
+def _run(trajectory, every, known_length=False, **config):
+    """Steps AutoDrop every `every` steps of the trajectory (row 0: the start); returns (step, measurement)s.
+    `known_length`: AutoDrop is told the run's length (`set_horizon`), as the Trainer callback does."""
     p = torch.nn.Parameter(torch.from_numpy(trajectory[0]).float())
     ad = AutoDrop([p], torch.optim.SGD([p], lr=0.1), **{"dry_run": True, **config})
+    if known_length:
+        ad.set_horizon((len(trajectory) - 1) // every)
     out = []
     for s in range(every, len(trajectory), every):
         with torch.no_grad():
@@ -143,6 +152,96 @@ class TestDecisions:
         assert m.since_anchor == 40 and m.window == 40 - 20 + 1
         assert m.logs()["autodrop/window"] == 21.0 and m.distance_sq > 0
         assert m.logs()["autodrop/statistic"] == m.statistic
+
+
+class TestCooldown:
+    """A run of known length starts its final `cooldown_fraction` at a lower lr unless the parameters drift."""
+
+    @pytest.mark.parametrize("seed", [0, 1])
+    def test_a_diffusing_run_cools_down_at_the_same_step_at_four_intervals(self, seed):
+        path = _walk(1600, seed)
+        for every in (2, 4, 8, 16):
+            assert _first(_run(path, every)) is None  # never saturated: no drop without the run's length
+            run = _run(path, every, known_length=True)
+            drops = [s for s, m in run if m.dropped]
+            assert drops == [1280], (every, drops)  # 0.8 x 1600 steps, whatever the interval
+            trigger = _first(run)
+            # The averaging window before it is a quarter of the time at this lr, in steps (within an interval).
+            assert abs((1280 - trigger) - 0.25 * trigger) <= 2 * every, (every, trigger)
+            assert [m.cooldown for s, m in run] == [s >= trigger for s, _ in run]
+            assert run[-1][1].logs()["autodrop/cooldown"] == 1.0 and run[0][1].logs()["autodrop/cooldown"] == 0.0
+
+    @pytest.mark.parametrize("seed", [0, 1])
+    def test_a_drifting_run_is_not_cooled_down(self, seed):
+        # Drift dominates (D ~ t^2 at the scale of the run): the loss would still be falling fast.
+        path = _drift_in_noise(1600, seed, drift=0.05, noise=0.1)
+        for every in (4, 16):
+            run = _run(path, every, known_length=True)
+            assert not any(m.dropped or m.triggered or m.cooldown for _, m in run), every
+
+    def test_a_stationary_run_gets_no_extra_drop(self):
+        # The saturation test drops often enough by itself: a drop lands in the final segment, or one came
+        # too recently before it, and nothing is added. At most the last drop moves to the segment's start,
+        # when the wait after the previous drop (growth_min_phase) would have put it later.
+        path = _ou(2400, 5, relax=5.0, start=0.0)
+        free = [s for s, m in _run(path, 4) if m.dropped]
+        assert len(free) >= 4
+        moved = 0
+        for steps in (300, 400, 560, 1200, 2400):
+            known = [s for s, m in _run(path[: steps + 1], 4, known_length=True) if m.dropped]
+            expected = [d for d in free if d <= steps]
+            assert len(known) == len(expected) and known[:-1] == expected[:-1], steps
+            if known[-1] != expected[-1]:
+                moved += 1
+                assert known[-1] == 4 * math.ceil(0.8 * steps / 4) < expected[-1], steps
+        assert moved < 5
+
+    def test_off_without_a_length_with_zero_fraction_and_for_the_omega_tests(self):
+        path = _walk(800, 2)
+        assert not any(m.dropped for _, m in _run(path, 4, known_length=True, cooldown_fraction=0.0))
+        p = torch.nn.Parameter(torch.zeros(4))
+        for detector in ("paper", "trend"):
+            ad = AutoDrop([p], torch.optim.SGD([p], lr=0.1), detector=detector)
+            ad.set_horizon(100)
+            assert ad.horizon == 100 and ad.cooldown_start is None
+        ad = AutoDrop([p], torch.optim.SGD([p], lr=0.1))
+        assert ad.cooldown_start is None
+        ad.set_horizon(100)
+        assert ad.cooldown_start == 80
+        for bad in (0, -3, "100", math.nan):
+            with pytest.raises(ValueError, match="horizon"):
+                ad.set_horizon(bad)
+        for bad in (-0.1, 0.5, math.inf):
+            with pytest.raises(ValueError, match="cooldown_fraction"):
+                AutoDropConfig(cooldown_fraction=bad)
+
+    @pytest.mark.parametrize("stop", [120, 140, 170])  # before the trigger, while averaging, after the drop
+    def test_state_round_trip_carries_the_length_and_the_cooldown(self, stop):
+        path = _walk(800, 3)
+        straight = _run(path, 4, known_length=True, dry_run=False)
+        assert [s for s, m in straight if m.dropped] == [640]
+        assert _first(straight) == 4 * 128  # 128 + 0.25 x 128 = 160 intervals: the segment starts
+        p = torch.nn.Parameter(torch.from_numpy(path[0]).float())
+        ad_opt = torch.optim.SGD([p], lr=0.1)
+        ad = AutoDrop([p], ad_opt)
+        ad.set_horizon(200)
+        for s in range(4, 4 * stop + 1, 4):
+            with torch.no_grad():
+                p.copy_(torch.from_numpy(path[s]))
+            ad.step()
+        saved = torch.load(_save(ad.state_dict()), weights_only=True)
+        q = torch.nn.Parameter(p.detach().clone())
+        opt = torch.optim.SGD([q], lr=0.1)
+        twin = AutoDrop([q], opt)  # not told the length: the state carries it
+        twin.load_state_dict(saved)
+        opt.load_state_dict(ad_opt.state_dict())
+        assert twin.horizon == 200
+        rest = []
+        for s in range(4 * stop + 4, len(path), 4):
+            with torch.no_grad():
+                q.copy_(torch.from_numpy(path[s]))
+            rest.append(twin.step())
+        assert repr(rest) == repr([m for _, m in straight[stop:]])
 
 
 class TestStateAndMemory:
