@@ -16,7 +16,7 @@ GROWTH_MIN_SAMPLES = 4
 GROWTH_MIN_PHASE = 1.0
 DROP_DELAY_FRACTION = 0.25
 # The cooldown of a run of known length: its final segment (this fraction of the run) starts at a lower lr.
-COOLDOWN_FRACTION = 0.2
+COOLDOWN_FRACTION = 0.1
 # ... unless the parameters still drift: a growth exponent at or above this (1.5, halfway between noise
 # and drift on the log scale: the drift's share of D equals the noise's) means the run is far from its lr's
 # noise floor, and a drop would only slow it down.
@@ -80,7 +80,7 @@ class AutoDropConfig:
         drop_delay_fraction (`float`, defaults to 0.25):
             With `drop_delay=None` and the `"growth"` test: the averaging lasts this fraction of the
             time since the start or the last drop, measured at the trigger (> 0).
-        cooldown_fraction (`float`, defaults to 0.2):
+        cooldown_fraction (`float`, defaults to 0.1):
             With the `"growth"` test and a run of known length (the Trainer callback knows it; a custom
             loop tells `AutoDrop.set_horizon`): the run's last `cooldown_fraction` starts at a lower lr.
             A run that ends before its learning rate has saturated (AdamW's parameters diffuse for far
@@ -113,7 +113,7 @@ class AutoDropConfig:
 
     Example:
         >>> AutoDropConfig(drop_factor=0.2, drop_delay=5)
-        AutoDropConfig(drop_factor=0.2, min_lr=None, threshold=0.01, max_threshold=1.0, detector='growth', growth_threshold=0.2, growth_min_samples=4, growth_min_phase=1.0, trend_window=10, trend_z=1.0, drop_delay=5, drop_delay_fraction=0.25, cooldown_fraction=0.2, interval_steps=None, average_buffers=True, dry_run=False, stop_when_exhausted=False, offload_to_cpu=False)
+        AutoDropConfig(drop_factor=0.2, min_lr=None, threshold=0.01, max_threshold=1.0, detector='growth', growth_threshold=0.2, growth_min_samples=4, growth_min_phase=1.0, trend_window=10, trend_z=1.0, drop_delay=5, drop_delay_fraction=0.25, cooldown_fraction=0.1, interval_steps=None, average_buffers=True, dry_run=False, stop_when_exhausted=False, offload_to_cpu=False)
     """
 
     drop_factor: float = 0.1

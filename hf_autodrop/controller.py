@@ -340,7 +340,7 @@ class AutoDrop:
 
         triggered = dropped = exhausted = False
         if self._phase == MONITOR:
-            cooldown_delay = None if not finite or statistic < tolerance else self._cooldown_delay()
+            cooldown_delay = None if not finite or statistic < tolerance else self._cooldown_delay(statistic)
             if finite and (statistic < tolerance or cooldown_delay is not None):
                 triggered = True
                 self._phase, self._k = AVERAGING, 1
@@ -492,14 +492,15 @@ class AutoDrop:
             return math.nan
         return growth_exponent([s for s, _ in self._distances], [d for _, d in self._distances])
 
-    def _cooldown_delay(self) -> int | None:
+    def _cooldown_delay(self, statistic: float) -> int | None:
         """The averaging intervals of the cooldown's trigger when it is due now, else None.
 
         Due at the first interval from which the usual averaging window would reach the final segment's
         start, when: no cooldown has been triggered and no drop has landed inside the segment; the
         current lr began at least one segment's length before the segment; the drop can land before
         the run's last interval; and the parameters no longer drift (the growth exponent of the current
-        phase is below `COOLDOWN_MAX_EXPONENT`). The window ends where the segment starts.
+        phase is below `COOLDOWN_MAX_EXPONENT`). The window ends where the segment starts. `statistic`:
+        this interval's growth exponent when the saturation test computed it (NaN: it was not due).
         """
         start = self.cooldown_start
         if start is None or self._cooled:
@@ -511,7 +512,7 @@ class AutoDrop:
         delay = max(1, min(cfg.averaging_intervals(self._t), start - self._interval))
         if self._interval + cfg.averaging_intervals(self._t) < start or self._interval + delay >= self._horizon:
             return None
-        exponent = self._phase_exponent()
+        exponent = statistic if math.isfinite(statistic) else self._phase_exponent()
         if not exponent < COOLDOWN_MAX_EXPONENT:
             return None
         return delay

@@ -8,10 +8,10 @@ error, and writes `autodrop_demo/curves.png` (lr, training loss, angle and test 
 
 The demo runs the library's defaults (`AutoDropCallback()`): the growth test, with the cooldown
 of a run of known length. On this task the parameters never settle at lr 0.05 within 60 epochs
-(random shifts of every image and BatchNorm keep them moving: growth exponent about 0.4 at 80% of
-the run, above the 0.2 that means "settled", below the 1.5 that means "still drifting"), so the
-saturation test stays quiet and the one drop is the cooldown's: the last fifth of the run (from
-epoch 48) runs at lr 0.005, after averaging the parameters over the quarter of the run before it.
+(random shifts of every image and BatchNorm keep them moving: growth exponent about 0.4 late in the
+run, above the 0.2 that means "settled", below the 1.5 that means "still drifting"), so the
+saturation test stays quiet and the one drop is the cooldown's: the last tenth of the run (from
+epoch 54) runs at lr 0.005, after averaging the parameters over the quarter of the run before it.
 `--detector paper --threshold 1 --max-threshold 5 --drop-delay 5` runs the paper's test from its
 largest threshold instead, which drops three times. docs/results explains when each test fires.
 """

@@ -326,7 +326,7 @@ class TestResumeGrowth:
 
 
 class TestCooldown:
-    """The Trainer tells AutoDrop the run's length: its final fifth starts at a lower lr unless still drifting."""
+    """The Trainer tells AutoDrop the run's length: its final tenth starts at a lower lr unless still drifting."""
 
     # growth_threshold 1e-9: the saturation test never fires, so the only drop is the cooldown's.
     CONFIG = dict(growth_threshold=1e-9)
@@ -334,11 +334,11 @@ class TestCooldown:
     def test_the_final_segment_starts_lower_and_resume_is_exact(self, tmp_path, caplog):
         with caplog.at_level(logging.INFO, logger="hf_autodrop"):
             measurements = _resume_matches_straight_run(tmp_path, self.CONFIG, 30, 20, learning_rate=0.2)
-        # 30 epochs of 8 steps, one interval per step (240 // 300 -> 1): the segment starts at step 192.
-        assert [m["step"] for m in measurements if m["dropped"]] == [192]
+        # 30 epochs of 8 steps, one interval per step (240 // 300 -> 1): the segment starts at step 216.
+        assert [m["step"] for m in measurements if m["dropped"]] == [216]
         trigger = next(m["step"] for m in measurements if m["triggered"])
         assert all(m["cooldown"] == (m["step"] >= trigger) for m in measurements)
-        assert "the run ends after 240 intervals" in caplog.text and "cooldown of the run's final 0.2" in caplog.text
+        assert "the run ends after 240 intervals" in caplog.text and "cooldown of the run's final 0.1" in caplog.text
 
     def test_a_run_still_drifting_at_its_end_is_not_cooled_down(self, tmp_path):
         # 8 epochs at lr 0.05: the loss is still falling fast (growth exponent about 1.6 at the end).
