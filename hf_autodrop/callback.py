@@ -54,7 +54,9 @@ class AutoDropCallback(TrainerCallback, ExportableState):
     per run (or every `interval_steps` optimizer updates), logs the `autodrop/*` metrics through the
     Trainer's own `log` (so into `state.log_history` and every `report_to` integration: TensorBoard,
     W&B, MLflow, ...), and drops the lr of every param group, keeping the base schedule's shape (use
-    `lr_scheduler_type="constant"` or `"constant_with_warmup"`).
+    `lr_scheduler_type="constant"` or `"constant_with_warmup"`). It tells AutoDrop the run's length
+    (`max_steps`), so that with the default growth test a run that never saturates still starts its last
+    `cooldown_fraction` (a tenth) at a lower lr, unless its parameters still drift then.
 
     Checkpoints hold AutoDrop's tensors in `checkpoint-N/autodrop_state.pt` (with several processes, one
     `autodrop_state-rank{R}-of-{W}.pt` per process), written atomically before the Trainer writes the
