@@ -56,6 +56,34 @@ def _run(trajectory, every, known_length=False, **config):
     return out
 
 
+def _resumed(trajectory, stop, horizon=None):
+    """A real AutoDrop (lr changes applied) stepped every 4 steps of the trajectory for `stop` intervals
+    (told the run's length `horizon` when given), its state saved and loaded into a fresh AutoDrop on a
+    fresh optimizer (which loads the first one's state: the optimizer's own checkpoint carries the dropped
+    lr), and that twin stepped to the end. Returns (the saved state, the twin, the twin's measurements)."""
+    p = torch.nn.Parameter(torch.from_numpy(trajectory[0]).float())
+    ad_opt = torch.optim.SGD([p], lr=0.1)
+    ad = AutoDrop([p], ad_opt)
+    if horizon is not None:
+        ad.set_horizon(horizon)
+    for s in range(4, 4 * stop + 1, 4):
+        with torch.no_grad():
+            p.copy_(torch.from_numpy(trajectory[s]))
+        ad.step()
+    saved = torch.load(_save(ad.state_dict()), weights_only=True)
+    q = torch.nn.Parameter(p.detach().clone())
+    opt = torch.optim.SGD([q], lr=0.1)
+    twin = AutoDrop([q], opt)
+    twin.load_state_dict(saved)
+    opt.load_state_dict(ad_opt.state_dict())
+    rest = []
+    for s in range(4 * stop + 4, len(trajectory), 4):
+        with torch.no_grad():
+            q.copy_(torch.from_numpy(trajectory[s]))
+        rest.append(twin.step())
+    return saved, twin, rest
+
+
 def _first(run, what="triggered"):
     return next((s for s, m in run if getattr(m, what)), None)
 
@@ -221,26 +249,8 @@ class TestCooldown:
         straight = _run(path, 4, known_length=True, dry_run=False)
         assert [s for s, m in straight if m.dropped] == [720]
         assert _first(straight) == 4 * 144  # 144 + 0.25 x 144 = 180 intervals: the segment starts
-        p = torch.nn.Parameter(torch.from_numpy(path[0]).float())
-        ad_opt = torch.optim.SGD([p], lr=0.1)
-        ad = AutoDrop([p], ad_opt)
-        ad.set_horizon(200)
-        for s in range(4, 4 * stop + 1, 4):
-            with torch.no_grad():
-                p.copy_(torch.from_numpy(path[s]))
-            ad.step()
-        saved = torch.load(_save(ad.state_dict()), weights_only=True)
-        q = torch.nn.Parameter(p.detach().clone())
-        opt = torch.optim.SGD([q], lr=0.1)
-        twin = AutoDrop([q], opt)  # not told the length: the state carries it
-        twin.load_state_dict(saved)
-        opt.load_state_dict(ad_opt.state_dict())
-        assert twin.horizon == 200
-        rest = []
-        for s in range(4 * stop + 4, len(path), 4):
-            with torch.no_grad():
-                q.copy_(torch.from_numpy(path[s]))
-            rest.append(twin.step())
+        _, twin, rest = _resumed(path, stop, horizon=200)
+        assert twin.horizon == 200  # the twin was not told the length: the state carries it
         assert repr(rest) == repr([m for _, m in straight[stop:]])
 
 
@@ -261,25 +271,8 @@ class TestStateAndMemory:
         assert drop - trigger >= 2
         stop = {"monitoring": trigger - 1, "averaging": trigger + 1, "after the first drop": drop + 3}[where]
 
-        p = torch.nn.Parameter(torch.from_numpy(path[0]).float())
-        ad_opt = torch.optim.SGD([p], lr=0.1)
-        ad = AutoDrop([p], ad_opt)
-        for s in range(4, 4 * stop + 1, 4):
-            with torch.no_grad():
-                p.copy_(torch.from_numpy(path[s]))
-            ad.step()
-        saved = torch.load(_save(ad.state_dict()), weights_only=True)
+        saved, _, rest = _resumed(path, stop)
         assert saved["growth_samples"] and (saved["anchor"] is not None)
-        q = torch.nn.Parameter(p.detach().clone())
-        opt = torch.optim.SGD([q], lr=0.1)
-        twin = AutoDrop([q], opt)
-        twin.load_state_dict(saved)
-        opt.load_state_dict(ad_opt.state_dict())  # the optimizer's own checkpoint carries the dropped lr
-        rest = []
-        for s in range(4 * stop + 4, len(path), 4):
-            with torch.no_grad():
-                q.copy_(torch.from_numpy(path[s]))
-            rest.append(twin.step())
         assert repr(rest) == repr([m for _, m in straight[stop:]])
 
     def test_state_of_another_detector_is_refused(self):
