@@ -333,10 +333,11 @@ class TestCooldown:
 
     def test_the_final_segment_starts_lower_and_resume_is_exact(self, tmp_path, caplog):
         with caplog.at_level(logging.INFO, logger="hf_autodrop"):
-            measurements = _resume_matches_straight_run(tmp_path, self.CONFIG, 30, 20, learning_rate=0.2)
+            measurements = _resume_matches_straight_run(tmp_path, self.CONFIG, 30, 24, learning_rate=0.2)
         # 30 epochs of 8 steps, one interval per step (240 // 300 -> 1): the segment starts at step 216.
         assert [m["step"] for m in measurements if m["dropped"]] == [216]
         trigger = next(m["step"] for m in measurements if m["triggered"])
+        assert trigger < 24 * 8 < 216  # the resume (epoch 24) lands inside the averaging window
         assert all(m["cooldown"] == (m["step"] >= trigger) for m in measurements)
         assert "the run ends after 240 intervals" in caplog.text and "cooldown of the run's final 0.1" in caplog.text
 
