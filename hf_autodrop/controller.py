@@ -340,13 +340,13 @@ class AutoDrop:
 
         triggered = dropped = exhausted = False
         if self._phase == MONITOR:
-            cooldown_delay = None if not finite or statistic < tolerance else self._cooldown_delay(statistic)
-            if finite and (statistic < tolerance or cooldown_delay is not None):
+            cooldown = None if not finite or statistic < tolerance else self._cooldown_due(statistic)
+            if finite and (statistic < tolerance or cooldown is not None):
                 triggered = True
                 self._phase, self._k = AVERAGING, 1
                 self._trigger_norm_sq = norm_sq
-                self._n_d = cfg.averaging_intervals(self._t) if cooldown_delay is None else cooldown_delay
-                if cooldown_delay is not None:
+                self._n_d = cfg.averaging_intervals(self._t) if cooldown is None else cooldown[0]
+                if cooldown is not None:
                     self._cooled = True
                     logger.info(
                         "AutoDrop: cooldown of the run's final %.3g at interval %d (the run ends after %.6g "
@@ -355,7 +355,7 @@ class AutoDrop:
                         cfg.cooldown_fraction,
                         self._interval,
                         self._horizon,
-                        self._phase_exponent(),
+                        cooldown[1],
                         window,
                         COOLDOWN_MAX_EXPONENT,
                         self._n_d,
@@ -458,7 +458,7 @@ class AutoDrop:
                 or len(self._distances) < cfg.growth_min_samples
             ):
                 return math.nan, window
-            return growth_exponent([s for s, _ in self._distances], [d for _, d in self._distances]), window
+            return self._phase_exponent(), window
         # Angles exist from the second interval after the reset: t - 1 of them.
         n = trend_window_size(self._t - 1, cfg.trend_window)
         return (trend_statistic((self._recent + [angle])[-n:]) if n else math.nan), n
@@ -492,8 +492,9 @@ class AutoDrop:
             return math.nan
         return growth_exponent([s for s, _ in self._distances], [d for _, d in self._distances])
 
-    def _cooldown_delay(self, statistic: float) -> int | None:
-        """The averaging intervals of the cooldown's trigger when it is due now, else None.
+    def _cooldown_due(self, statistic: float) -> tuple[int, float] | None:
+        """(the averaging intervals of the cooldown's trigger, the growth exponent it read) when the
+        cooldown is due now, else None.
 
         Due at the first interval from which the usual averaging window would reach the final segment's
         start, when: no cooldown has been triggered and no drop has landed inside the segment; the
@@ -509,13 +510,14 @@ class AutoDrop:
         anchor_interval = self._interval - self._t
         if anchor_interval > start - cfg.cooldown_fraction * self._horizon:
             return None
-        delay = max(1, min(cfg.averaging_intervals(self._t), start - self._interval))
-        if self._interval + cfg.averaging_intervals(self._t) < start or self._interval + delay >= self._horizon:
+        usual = cfg.averaging_intervals(self._t)
+        delay = max(1, min(usual, start - self._interval))
+        if self._interval + usual < start or self._interval + delay >= self._horizon:
             return None
         exponent = statistic if math.isfinite(statistic) else self._phase_exponent()
         if not exponent < COOLDOWN_MAX_EXPONENT:
             return None
-        return delay
+        return delay, exponent
 
     def _tolerance(self) -> float:
         """What the statistic must stay below to trigger: the growth threshold, the paper's threshold,

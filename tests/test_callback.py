@@ -274,23 +274,20 @@ def _lr_entries(trainer):
 def _resume_matches_straight_run(tmp_path, config: dict, epochs: int, stop_epoch: int, **overrides) -> list[dict]:
     """Train `epochs` epochs with checkpoints, resume a fresh Trainer from `stop_epoch`'s checkpoint, and
     check that its AutoDrop logs and final parameters equal the straight run's; returns its measurements."""
-    straight = make_trainer(
-        tmp_path,
-        [AutoDropCallback(**config)],
-        num_train_epochs=epochs,
-        save_strategy="epoch",
-        restore_callback_states_from_checkpoint=True,
-        **overrides,
-    )
+
+    def trainer(save_strategy):
+        return make_trainer(
+            tmp_path,
+            [AutoDropCallback(**config)],
+            num_train_epochs=epochs,
+            save_strategy=save_strategy,
+            restore_callback_states_from_checkpoint=True,
+            **overrides,
+        )
+
+    straight = trainer("epoch")
     straight.train()
-    resumed = make_trainer(
-        tmp_path,
-        [AutoDropCallback(**config)],
-        num_train_epochs=epochs,
-        save_strategy="no",
-        restore_callback_states_from_checkpoint=True,
-        **overrides,
-    )
+    resumed = trainer("no")
     resumed.train(resume_from_checkpoint=str(tmp_path / f"checkpoint-{stop_epoch * STEPS_PER_EPOCH}"))
     assert _clean(autodrop_entries(resumed)) == _clean(autodrop_entries(straight))
     for p, q in zip(resumed.model.parameters(), straight.model.parameters()):
