@@ -469,8 +469,10 @@ class AutoDrop:
         included), or None when unknown. With the `"growth"` test this enables the cooldown
         (`AutoDropConfig.cooldown_fraction`): the run's final segment starts at a lower lr. The Trainer
         callback sets it from `max_steps`; a custom loop of N intervals calls `set_horizon(N)`."""
-        if intervals is not None and (not isinstance(intervals, (int, float)) or not intervals > 0):
-            raise ValueError(f"horizon must be a positive number of intervals or None, got {intervals!r}")
+        if intervals is not None and (
+            not isinstance(intervals, (int, float)) or isinstance(intervals, bool) or not 0 < intervals < math.inf
+        ):
+            raise ValueError(f"horizon must be a positive finite number of intervals or None, got {intervals!r}")
         self._horizon = None if intervals is None else float(intervals)
 
     @property

@@ -236,7 +236,7 @@ class TestCooldown:
         assert ad.cooldown_start is None
         ad.set_horizon(100)
         assert ad.cooldown_start == 90
-        for bad in (0, -3, "100", math.nan):
+        for bad in (0, -3, "100", math.nan, math.inf, True):
             with pytest.raises(ValueError, match="horizon"):
                 ad.set_horizon(bad)
         for bad in (-0.1, 0.5, math.inf):
