@@ -31,6 +31,14 @@ def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def _is_finite(value: object) -> bool:
+    return _is_number(value) and math.isfinite(value)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 @dataclass(frozen=True)
 class AutoDropConfig:
     """Hyper-parameters of AutoDrop (see the README's option table for the paper's values).
@@ -141,61 +149,31 @@ class AutoDropConfig:
 
         if not _is_number(self.drop_factor) or not 0.0 < self.drop_factor < 1.0:
             raise bad("drop_factor", "a number in the open interval (0, 1), e.g. 0.1 or 0.2")
-        if self.min_lr is not None and (
-            not _is_number(self.min_lr) or not math.isfinite(self.min_lr) or self.min_lr < 0
-        ):
+        if self.min_lr is not None and (not _is_finite(self.min_lr) or self.min_lr < 0):
             raise bad("min_lr", "None (1e-3 x each group's initial lr) or a finite number >= 0")
-        if not _is_number(self.threshold) or not math.isfinite(self.threshold) or self.threshold <= 0:
+        if not _is_finite(self.threshold) or self.threshold <= 0:
             raise bad("threshold", "a finite number of degrees > 0 (the paper uses 0.01)")
-        if (
-            not _is_number(self.max_threshold)
-            or not math.isfinite(self.max_threshold)
-            or self.max_threshold < self.threshold
-        ):
+        if not _is_finite(self.max_threshold) or self.max_threshold < self.threshold:
             raise bad("max_threshold", f"a finite number of degrees >= threshold ({self.threshold})")
         if self.detector not in DETECTORS:
             raise bad("detector", f"one of {DETECTORS}")
-        if not isinstance(self.trend_window, int) or isinstance(self.trend_window, bool) or self.trend_window < 3:
+        if not _is_int(self.trend_window) or self.trend_window < 3:
             raise bad("trend_window", "an integer >= 3")
-        if not _is_number(self.trend_z) or not math.isfinite(self.trend_z) or self.trend_z <= 0:
+        if not _is_finite(self.trend_z) or self.trend_z <= 0:
             raise bad("trend_z", "a finite number > 0 (standard errors of the slope)")
-        if self.drop_delay is not None and (
-            not isinstance(self.drop_delay, int) or isinstance(self.drop_delay, bool) or self.drop_delay < 0
-        ):
+        if self.drop_delay is not None and (not _is_int(self.drop_delay) or self.drop_delay < 0):
             raise bad("drop_delay", "None (automatic) or an integer >= 0 (the paper uses 20)")
-        if (
-            not _is_number(self.growth_threshold)
-            or not math.isfinite(self.growth_threshold)
-            or self.growth_threshold <= 0
-        ):
+        if not _is_finite(self.growth_threshold) or self.growth_threshold <= 0:
             raise bad("growth_threshold", "a finite number > 0 (a growth exponent: 2 drift, 1 noise, 0 settled)")
-        if (
-            not isinstance(self.growth_min_samples, int)
-            or isinstance(self.growth_min_samples, bool)
-            or self.growth_min_samples < 3
-        ):
+        if not _is_int(self.growth_min_samples) or self.growth_min_samples < 3:
             raise bad("growth_min_samples", "an integer >= 3")
-        if (
-            not _is_number(self.growth_min_phase)
-            or not math.isfinite(self.growth_min_phase)
-            or self.growth_min_phase < 0
-        ):
+        if not _is_finite(self.growth_min_phase) or self.growth_min_phase < 0:
             raise bad("growth_min_phase", "a finite number >= 0 (a multiple of the previous phase's length)")
-        if (
-            not _is_number(self.drop_delay_fraction)
-            or not math.isfinite(self.drop_delay_fraction)
-            or self.drop_delay_fraction <= 0
-        ):
+        if not _is_finite(self.drop_delay_fraction) or self.drop_delay_fraction <= 0:
             raise bad("drop_delay_fraction", "a finite number > 0 (a fraction of the time since the last drop)")
-        if (
-            not _is_number(self.cooldown_fraction)
-            or not math.isfinite(self.cooldown_fraction)
-            or not 0 <= self.cooldown_fraction < 0.5
-        ):
+        if not _is_finite(self.cooldown_fraction) or not 0 <= self.cooldown_fraction < 0.5:
             raise bad("cooldown_fraction", "a number in [0, 0.5) (the share of the run to start at a lower lr; 0: off)")
-        if self.interval_steps is not None and (
-            not isinstance(self.interval_steps, int) or isinstance(self.interval_steps, bool) or self.interval_steps < 1
-        ):
+        if self.interval_steps is not None and (not _is_int(self.interval_steps) or self.interval_steps < 1):
             raise bad("interval_steps", "None (one interval per epoch) or an integer >= 1")
         for name in ("average_buffers", "dry_run", "stop_when_exhausted", "offload_to_cpu"):
             if not isinstance(getattr(self, name), bool):
