@@ -141,8 +141,8 @@ def train_digits(cfg: dict, output_dir: str, dry_run: bool = False) -> dict:
         dataloader_num_workers=0,
     )
     settings = {"drop_factor": cfg["drop_factor"], "detector": cfg["detector"], "dry_run": dry_run}
-    if cfg["detector"] == "paper":
-        settings.update(threshold=cfg["threshold"], max_threshold=cfg["max_threshold"])
+    # Only the omega tests read the paper's threshold; the others ignore it.
+    settings.update(threshold=cfg["threshold"], max_threshold=cfg["max_threshold"])
     if cfg["drop_delay"] >= 0:
         settings["drop_delay"] = cfg["drop_delay"]
     autodrop = AutoDropCallback(**settings)
