@@ -366,6 +366,9 @@ def test_paper_defaults_reach_the_trainer(tmp_path):
         ic.parse_args(recipe, ["--image_mean", "0.5", "0.5"])
     with pytest.raises(ValueError, match="publish_ema needs --model_ema"):
         ic.parse_args(recipe, ["--publish_ema"])
+    with pytest.raises(ValueError, match="--hub_strategy checkpoint: the recipe publishes one timm model folder"):
+        ic.parse_args(recipe, ["--push_to_hub", "--hub_strategy", "checkpoint"])
+    assert ic.parse_args(recipe, ["--hub_strategy", "checkpoint"]).training.hub_strategy == "checkpoint"  # no push
     with pytest.raises(ValueError, match="--update_card writes the scores"):
         ic.parse_args(recipe, ["--do_train", "false", "--model_name_or_path", "hf-hub:a/b", "--update_card"])
 
@@ -575,10 +578,41 @@ def test_two_processes_train_with_ddp_from_the_command_line(hub_data, tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
     assert results["hardware"]["world_size"] == 2 and results["total_batch_size"] == 2 * BATCH
-    assert results["command"].startswith("accelerate launch --num_processes 2 ")
+    # The command that was run: torchrun, with its own options, the script from the repository's root.
+    assert results["command"] == (
+        "torchrun --standalone --nproc_per_node 2 recipes/cifar10_resnet18.py "
+        + shlex.join(tiny_args("cifar10_resnet18", data_dir, out, *AUTODROP_NOW) + ["--ddp_backend", "gloo"])
+    )
+    assert results["hardware"]["launcher"] == {
+        "name": "torchrun",
+        "options": ["--standalone", "--nproc_per_node", "2"],
+        "num_processes": 2,
+        "num_machines": 1,
+        "processes_per_machine": 2,
+    }
     assert [d["step"] for d in results["drops"]] == [3] and results["epochs"] == 1.5  # 2 steps per epoch
     error = reloaded_error(out / "model", data_dir, "test", "img", "label")
     assert error == pytest.approx(results["final_test_error"], abs=1e-9)
+
+
+def test_two_processes_through_accelerate_launch_with_the_repository_config(hub_data, tmp_path):
+    """`accelerate launch --config_file recipes/accelerate/two_processes.yaml recipes/<name>.py` on 2 CPU processes."""
+    data_dir = hub_data("uoft-cs/cifar10")
+    out = tmp_path / "accelerate"
+    config = "recipes/accelerate/two_processes.yaml"
+    args = tiny_args("cifar10_resnet18", data_dir, out, *AUTODROP_NOW) + ["--ddp_backend", "gloo"]
+    cmd = [str(Path(sys.executable).parent / "accelerate"), "launch", "--config_file", config]
+    proc = subprocess.run(
+        cmd + ["recipes/cifar10_resnet18.py", *args], cwd=REPO, env=_env(), capture_output=True, text=True, timeout=240
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert results["hardware"]["world_size"] == 2 and results["total_batch_size"] == 2 * BATCH
+    assert (
+        results["command"] == f"accelerate launch --config_file {config} recipes/cifar10_resnet18.py {shlex.join(args)}"
+    )
+    assert results["hardware"]["launcher"]["name"] == "accelerate launch"
+    assert [d["step"] for d in results["drops"]] == [3] and results["epochs"] == 1.5
 
 
 def _fake_run(tmp: Path, recipe: str, schedule: str, rho: float, seed: int, error: float) -> dict:
