@@ -1,29 +1,62 @@
 """A slow, obvious float64 implementation of AutoDrop, written from its documentation, for the tests.
 
-The paper's test follows the spec (`detector="paper"`, bit for bit); the default growth test and the
-cooldown of a run of known length follow the README ("How AutoDrop decides"), the `hf_autodrop.detectors`
-module docstring and the `AutoDropConfig` docstrings. Nothing here is shared with the controller: it
-keeps every snapshot of the averaging window and every distance from the anchor, recomputes the
-weighted average and every fit from scratch, works on one flat float64 vector, and knows nothing about
-optimizers: it returns the learning rates. The fast `AutoDrop` must make the same decisions at the same
-intervals and reach the same parameters.
+Sources: the paper's test (`detector="paper"`) and the phase machine follow the spec
+(`autodrop-spec.md`: monitor -> averaging -> drop, bit for bit); the growth test (the default), the
+trend test, the averaging length and the end-of-run cooldown follow the README ("How AutoDrop
+decides", "The algorithm", "Reliability": the spikes left out of the average), docs/architecture.md
+and the `AutoDropConfig` docstrings. Nothing here comes from `hf_autodrop.detectors` or the
+controller: the twin keeps every angle since the last reset, every snapshot of the averaging window
+and every distance from the anchor, recomputes the weighted average and every fit from scratch
+(`torch.linalg.lstsq`), works on one flat float64 vector, and knows nothing about optimizers: it
+returns the learning rates. The fast `AutoDrop` must make the same decisions at the same intervals,
+report the same statistics and reach the same parameters.
+
+Where the documents are silent, the twin makes these choices (each one a place the fast code could
+differ without a document saying which is right):
+- the final segment of a run of `horizon` intervals starts at interval `ceil((1 - cooldown_fraction) *
+  horizon)`;
+- a cooldown whose growth exponent is undefined (too few measurements in the window) is not due;
+- a cooldown whose drop would land at or after the run's last interval (`horizon`) is not due;
+- an averaging window triggered by an interval that did not move has no length to compare spikes with:
+  nothing is left out of it but NaN/Inf intervals.
+
+Where the documents say otherwise, the twin follows the controller (marked "differs from the docs" below),
+so that the comparison stays green while the docs or the code are settled:
+- a zero displacement carries no information, "no trigger" (README "The algorithm"), yet the growth test's
+  statistic is defined at such an interval (D is finite) and triggers there;
+- the cooldown's drop "lands where the segment starts", yet with `drop_delay=0` its window is one interval
+  (the drop lands one interval after the start), and a cooldown whose exponent reaches 1.5 only inside
+  the segment still triggers there (averaging one interval), rather than being skipped.
+Not modelled: the growth test thins its window to every other sample beyond 2048 of them (t > ~4096
+intervals since the anchor); the twin always fits every measurement of [t/2, t].
+
+The end-of-run policy is one function, `cooldown_due` (with `segment_start`), so that another
+policy replaces it in one place.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
 from hf_autodrop import AutoDropConfig
 
-# README "How AutoDrop decides": the cooldown is skipped while the growth exponent is 1.5 or more.
+# README "How AutoDrop decides": no cooldown while the parameters still drift, growth exponent 1.5 or more.
 DRIFT_EXPONENT = 1.5
-# README "The algorithm": without `drop_delay`, the omega tests average over the paper's n_d = 20 intervals.
+# README "The algorithm": with `drop_delay=None` the omega tests average over the paper's n_d = 20 intervals.
 OMEGA_DROP_DELAY = 20
+# README "Reliability": inside an averaging window, an interval whose displacement is more than this many
+# times longer than the one at the trigger is left out of the running average.
+SPIKE_RATIO = 1000.0
+# README "The algorithm": an lr within 1e-9 (relative) of its floor counts as at the floor.
+AT_FLOOR = 1e-9
 
 
+# ---------------------------------------------------------------------- the measurements
 def reference_angle(a: torch.Tensor, b: torch.Tensor) -> float:
+    """degrees(arccos(clamp(<a,b> / (|a| |b|), -1, 1))) in float64; NaN when a norm is zero or not finite."""
     a, b = a.double(), b.double()
     na, nb = torch.linalg.vector_norm(a).item(), torch.linalg.vector_norm(b).item()
     if not (math.isfinite(na) and math.isfinite(nb)) or na == 0.0 or nb == 0.0:
@@ -32,10 +65,12 @@ def reference_angle(a: torch.Tensor, b: torch.Tensor) -> float:
     return math.degrees(math.acos(min(1.0, max(-1.0, cos))))
 
 
+# ---------------------------------------------------------------------- the tests' statistics
 def reference_trend_drift(angles: list[float]) -> float:
-    """(abs(slope) + SE(slope)) * n / s of a straight-line least-squares fit through torch.linalg.lstsq,
-    s the residual standard deviation."""
-    if any(math.isnan(a) for a in angles):
+    """(abs(slope) + SE(slope)) * n / s of a straight-line least-squares fit (torch.linalg.lstsq) through
+    the n angles, s the residual standard deviation (n - 2 degrees of freedom): 0 for an exactly flat
+    series, inf for an exactly straight sloped one, NaN when an angle is undefined."""
+    if len(angles) < 3 or any(math.isnan(a) for a in angles):
         return math.nan
     y = torch.tensor(angles, dtype=torch.float64)
     x = torch.arange(len(angles), dtype=torch.float64)
@@ -61,54 +96,133 @@ def reference_growth_exponent(samples: list[tuple[int, float]]) -> float:
     return torch.linalg.lstsq(design, log_d.unsqueeze(1)).solution[1, 0].item()
 
 
+# ---------------------------------------------------------------------- the end-of-run cooldown
+def segment_start(horizon: float | None, fraction: float) -> int | None:
+    """The interval at which the final segment (the run's last `fraction`) starts; None without one."""
+    if horizon is None or fraction == 0:
+        return None
+    return math.ceil((1 - fraction) * horizon)
+
+
+def cooldown_due(
+    *,
+    interval: int,
+    anchor_interval: int,
+    horizon: float | None,
+    fraction: float,
+    usual: int,
+    exponent: Callable[[], float],
+    done: bool,
+) -> tuple[int | None, str]:
+    """README "How AutoDrop decides": the last `fraction` of a run of known length starts at a lower lr.
+    The parameters are averaged over the usual window before the segment (`usual` intervals, a quarter of
+    the time since the anchor by default) and the drop lands where the segment starts.
+
+    Asked at every monitor interval that did not trigger on saturation. Returns (the averaging length of
+    the cooldown when it triggers now, else None; why, for the tests' coverage count).
+    """
+    start = segment_start(horizon, fraction)
+    if start is None:
+        return None, "no horizon"
+    if done:
+        return None, "done"  # at most one per run; a drop that landed inside the segment counts as it
+    if start - anchor_interval < fraction * horizon:
+        return None, "lr too recent"  # the current lr began less than one segment before the segment
+    if interval + usual < start:
+        return None, "not yet"  # a usual window from here would end before the segment starts
+    # The window ends where the segment starts; differs from the docs: at least one interval (drop_delay=0
+    # still averages two snapshots), and one interval once the segment has begun (a late trigger).
+    length = max(1, min(usual, start - interval))
+    if interval + length >= horizon:
+        return None, "run ends"  # the drop would land at or after the run's last interval
+    value = exponent()
+    if math.isnan(value):
+        return None, "undefined"  # too few measurements to tell whether the parameters still drift
+    if value >= DRIFT_EXPONENT:
+        return None, "drifting"  # still drifting: a drop would only slow the loss down
+    return length, "due"
+
+
+# ---------------------------------------------------------------------- the phase machine
 class ReferenceAutoDrop:
-    """AutoDrop on a flat vector: `step(x)` returns (decision, parameters to use, learning rates)."""
+    """AutoDrop on a flat vector: `step(x)` returns (decision, parameters to use, learning rates).
+
+    `horizon`: the run's length in intervals (`AutoDrop.set_horizon`), None when unknown.
+    """
 
     def __init__(self, x0: torch.Tensor, lrs: list[float], config: AutoDropConfig, horizon: float | None = None):
         self.config = config
-        self.horizon = horizon  # the run's length in intervals (AutoDrop.set_horizon), None: unknown
-        self.prev_x = x0.double().clone()
-        self.prev_s = None
-        self.omegas: list[float] = []  # every angle since the last reset
+        self.horizon = horizon
+        self.interval = 0
         self.phase = "monitor"
-        self.snapshots: list[torch.Tensor] = []
-        self.averaging_length = 0  # n_d of the current averaging phase, fixed at its trigger
-        self.threshold = config.threshold
         self.num_drops = 0
+        self.threshold = config.threshold  # the paper's threshold, grown at every drop
         self.lrs = list(lrs)  # the lrs AutoDrop would set (real, or virtual in a dry run)
         self.floors = [config.min_lr if config.min_lr is not None else 1e-3 * lr for lr in lrs]
-        self.interval = 0
-        # The growth test: the anchor (where the current lr began), the interval it was taken at, every
-        # (s, D(s)) since then, and the length of the phase that the last drop ended.
+        # Since the start or the last drop: the anchor x_a (where the current lr began) and its interval,
+        # the previous point and displacement, every angle (from the second interval on) and every finite
+        # (s, D(s)) of the growth test; the length of the phase the last drop ended (0 before any).
         self.anchor = x0.double().clone()
         self.anchor_interval = 0
+        self.prev_x = x0.double().clone()
+        self.prev_s: torch.Tensor | None = None
+        self.angles: list[float] = []
         self.distances: list[tuple[int, float]] = []
         self.previous_phase = 0
-        self.cooldown = False  # the cooldown has been triggered, or a drop landed in the final segment
+        # The averaging window: every snapshot folded in, its length n_d, fixed at the trigger, and the
+        # squared length of the trigger interval's displacement (what a spike is measured against).
+        self.snapshots: list[torch.Tensor] = []
+        self.averaging_length = 0
+        self.trigger_norm_sq = 0.0
+        self.cooled = False  # the cooldown was triggered, or a drop landed in the final segment
+        self.cooling = False  # the current averaging window is the cooldown's
+        self.cooldown_trigger: int | None = None  # the interval at which the cooldown triggered
+        self.cooldown_reasons: list[str] = []  # cooldown_due's answer at every interval it was asked
+        self.spikes = 0  # intervals left out of an averaging window for their length
 
     def resync(self, x: torch.Tensor) -> None:
-        """After a drop: continue from what the parameters really hold (the float32 average)."""
+        """After a drop: continue from what the parameters really hold (the fast code's float32 average)."""
         self.prev_x = x.double().clone()
-        if self.anchor_interval == self.interval:
-            self.anchor = x.double().clone()
+        self.anchor = x.double().clone()
 
-    # ------------------------------------------------------------------ the growth test, from the docs
-    def growth_window(self, t: int) -> list[tuple[int, float]]:
-        """The (s, D(s)) with s in the window [t/2, t] of the time since the anchor."""
-        return [(s, d) for s, d in self.distances if t / 2 <= s <= t]
-
+    # ------------------------------------------------------------------ the statistics, one per test
     def growth_exponent(self, t: int) -> float:
-        """The growth exponent over [t/2, t]; NaN with fewer than `growth_min_samples` measurements there."""
-        window = self.growth_window(t)
+        """The growth exponent over the window [t/2, t]; NaN with fewer than `growth_min_samples` there."""
+        window = [(s, d) for s, d in self.distances if t / 2 <= s <= t]
         if len(window) < self.config.growth_min_samples:
             return math.nan
         return reference_growth_exponent(window)
 
-    def first_check(self) -> float:
-        """The first interval since the anchor at which the growth test may trigger: when [t/2, t] holds
-        `growth_min_samples` measurements, and the phase has lasted `growth_min_phase` times the last one."""
+    def growth_statistic(self, t: int) -> tuple[float, int]:
+        """The first check: at 2 (growth_min_samples - 1) intervals, and once the phase has lasted
+        `growth_min_phase` times the previous one. The window [t/2, t] spans t - ceil(t/2) + 1 intervals."""
         cfg = self.config
-        return max(2 * (cfg.growth_min_samples - 1), cfg.growth_min_phase * self.previous_phase)
+        window = t - math.ceil(t / 2) + 1
+        first = max(2 * (cfg.growth_min_samples - 1), cfg.growth_min_phase * self.previous_phase)
+        return (self.growth_exponent(t) if t >= first else math.nan), window
+
+    def paper_statistic(self) -> tuple[float, int]:
+        """abs(omega_t - omega_(t-1)) over the last two angles (NaN while either is undefined)."""
+        if len(self.angles) < 2:
+            return math.nan, 2
+        return abs(self.angles[-1] - self.angles[-2]), 2
+
+    def trend_statistic(self) -> tuple[float, int]:
+        """The drift of the line through the latter half of the angles since the reset, at least
+        `trend_window` of them (NaN, window 0, while there are fewer)."""
+        w = self.config.trend_window
+        if len(self.angles) < w:
+            return math.nan, 0
+        n = max(w, math.ceil(len(self.angles) / 2))
+        return reference_trend_drift(self.angles[-n:]), n
+
+    def tolerance(self) -> float:
+        cfg = self.config
+        if cfg.detector == "paper":
+            return self.threshold
+        if cfg.detector == "trend":
+            return cfg.trend_z * self.threshold / cfg.threshold  # grows with the paper's threshold
+        return cfg.growth_threshold
 
     def averaging_intervals(self, t: int) -> int:
         """n_d for a trigger t intervals after the anchor."""
@@ -119,126 +233,104 @@ class ReferenceAutoDrop:
             return max(1, round(cfg.drop_delay_fraction * t))
         return OMEGA_DROP_DELAY
 
-    def cooldown_start(self) -> int | None:
-        """The interval where the run's last `cooldown_fraction` begins (the cooldown's drop lands there)."""
-        f = self.config.cooldown_fraction
-        if self.horizon is None or f == 0 or self.config.detector != "growth":
-            return None
-        return math.ceil((1 - f) * self.horizon)
-
-    def cooldown_length(self, t: int) -> int | None:
-        """The averaging length of a cooldown triggered now (t intervals after the anchor), or None."""
-        c = self.cooldown_start()
-        if c is None or self.cooldown:
-            return None  # no horizon, off, an omega test, or the cooldown (or a drop in the segment) happened
-        if c - self.anchor_interval < self.config.cooldown_fraction * self.horizon:
-            return None  # the current lr began less than one segment before the segment
-        usual = self.averaging_intervals(t)
-        if self.interval + usual < c:
-            return None  # not yet: a usual averaging window from here would end before the segment
-        length = max(1, min(usual, c - self.interval))  # the window ends where the segment starts
-        if self.interval + length >= self.horizon:
-            return None  # the drop would land at or after the run's last interval
-        if not self.growth_exponent(t) < DRIFT_EXPONENT:
-            return None  # still drifting (or too few measurements to tell): a drop would only slow it down
-        return length
-
     # ------------------------------------------------------------------ one interval
     def step(self, x: torch.Tensor) -> tuple[dict, torch.Tensor, list[float]]:
         cfg = self.config
         self.interval += 1
+        t = self.interval - self.anchor_interval
         x = x.double().clone()
         s = x - self.prev_x
         finite = bool(torch.isfinite(s).all())
-        omega = reference_angle(s, self.prev_s) if self.prev_s is not None else math.nan
-        omegas = self.omegas + [omega]
-        angle_change = abs(omegas[-1] - omegas[-2]) if len(omegas) >= 2 else math.nan
-        t = self.interval - self.anchor_interval
+        angle = math.nan
+        if self.prev_s is not None:
+            angle = reference_angle(s, self.prev_s)
+            self.angles.append(angle)
+        angle_change = abs(self.angles[-1] - self.angles[-2]) if len(self.angles) >= 2 else math.nan
         distance = math.nan
-        if cfg.detector == "paper":
-            statistic = angle_change
-            tolerance = self.threshold
-            window = 2
-        elif cfg.detector == "trend":
-            # The latter half of the angles since the reset (omegas[0] is the first interval's NaN), at least
-            # trend_window of them.
-            measured = omegas[1:]
-            n = max(cfg.trend_window, math.ceil(len(measured) / 2))
-            statistic = reference_trend_drift(measured[-n:]) if len(measured) >= cfg.trend_window else math.nan
-            tolerance = cfg.trend_z * self.threshold / cfg.threshold
-            window = n if len(measured) >= cfg.trend_window else 0
-        else:
+        if cfg.detector == "growth":
             distance = ((x - self.anchor) @ (x - self.anchor)).item()
             if math.isfinite(distance):
                 self.distances.append((t, distance))
-            statistic = self.growth_exponent(t) if t >= self.first_check() else math.nan
-            tolerance = cfg.growth_threshold
-            window = t - math.ceil(t / 2) + 1
-        triggered = dropped = exhausted = False
+            statistic, window = self.growth_statistic(t)
+        elif cfg.detector == "paper":
+            statistic, window = self.paper_statistic()
+        else:
+            statistic, window = self.trend_statistic()
+        tolerance = self.tolerance()  # as it stood before this interval
+        triggered = dropped = exhausted = cooldown_drop = False
 
         if self.phase == "monitor":
-            cooldown_length = None
-            if finite and statistic < tolerance:  # False whenever the statistic is undefined (NaN)
+            length = None
+            # False whenever the statistic is undefined (NaN). Differs from the docs ("a zero displacement: no
+            # trigger"): the growth test can trigger at an interval that did not move.
+            if finite and statistic < tolerance:
+                length = self.averaging_intervals(t)
+            elif finite and cfg.detector == "growth":  # the omega tests never cool down
+                length, why = cooldown_due(
+                    interval=self.interval,
+                    anchor_interval=self.anchor_interval,
+                    horizon=self.horizon,
+                    fraction=cfg.cooldown_fraction,
+                    usual=self.averaging_intervals(t),
+                    exponent=lambda: self.growth_exponent(t),
+                    done=self.cooled,
+                )
+                self.cooldown_reasons.append(why)
+                self.cooling = length is not None
+                if self.cooling:
+                    self.cooldown_trigger = self.interval
+                self.cooled = self.cooled or self.cooling
+            if length is not None:
                 triggered = True
-                self.averaging_length = self.averaging_intervals(t)
-            elif finite:
-                cooldown_length = self.cooldown_length(t)
-            if cooldown_length is not None:
-                triggered = self.cooldown = True
-                self.averaging_length = cooldown_length
-            if triggered:
-                self.phase = "averaging"
-                self.snapshots = [x]
+                self.phase, self.averaging_length = "averaging", length
+                self.snapshots, self.trigger_norm_sq = [x], (s @ s).item()
         elif finite:
-            self.snapshots.append(x)
+            norm_sq = (s @ s).item()
+            spike = self.trigger_norm_sq > 0 and math.sqrt(norm_sq) > SPIKE_RATIO * math.sqrt(self.trigger_norm_sq)
+            if spike:
+                self.spikes += 1
+            else:
+                self.snapshots.append(x)
 
         if self.phase == "averaging" and len(self.snapshots) == self.averaging_length + 1:
             dropped = True
             k = len(self.snapshots)
-            weighted = sum(j * x_j for j, x_j in enumerate(self.snapshots, start=1))
-            average = weighted / (k * (k + 1) / 2)
+            average = sum(j * x_j for j, x_j in enumerate(self.snapshots, start=1)) / (k * (k + 1) / 2)
             if not cfg.dry_run:
                 x = average
-            # max(floor, rho * lr), never raising an lr; within 1e-9 of the floor counts as at it.
-            new_lrs = [
-                lr if lr <= floor * (1 + 1e-9) else max(floor, cfg.drop_factor * lr)
+            exhausted = all(lr <= floor * (1 + AT_FLOOR) for lr, floor in zip(self.lrs, self.floors))
+            self.lrs = [
+                lr if lr <= floor * (1 + AT_FLOOR) else max(floor, cfg.drop_factor * lr)
                 for lr, floor in zip(self.lrs, self.floors)
             ]
-            exhausted = new_lrs == self.lrs
-            self.lrs = new_lrs
             self.threshold = min(cfg.max_threshold, self.threshold / cfg.drop_factor)
             self.num_drops += 1
-            self.phase = "monitor"
-            self.snapshots = []
-            c = self.cooldown_start()
-            if c is not None and self.interval >= c:
-                self.cooldown = True  # a drop landed in the final segment: no cooldown is added
+            start = segment_start(self.horizon, cfg.cooldown_fraction) if cfg.detector == "growth" else None
+            if start is not None and self.interval >= start:
+                self.cooled = True  # a drop landed in the final segment: no cooldown is added
+            cooldown_drop, self.cooling = self.cooling, False
+            self.phase, self.snapshots = "monitor", []
             self.previous_phase = t
             self.anchor, self.anchor_interval, self.distances = x.clone(), self.interval, []
-            self.prev_x, self.prev_s, self.omegas = x.clone(), None, []
+            self.prev_x, self.prev_s, self.angles = x.clone(), None, []
         else:
-            self.prev_x, self.prev_s, self.omegas = x, s, omegas
+            self.prev_x, self.prev_s = x, s
 
-        if cfg.detector == "paper":
-            threshold = self.threshold
-        elif cfg.detector == "trend":
-            threshold = cfg.trend_z * self.threshold / cfg.threshold
-        else:
-            threshold = cfg.growth_threshold
         decision = {
             "interval": self.interval,
-            "angle": omega,
+            "angle": angle,
             "angle_change": angle_change,
             "statistic": statistic,
+            "tolerance": self.tolerance(),  # in effect after this interval (after any growth)
             "triggered": triggered,
             "dropped": dropped,
             "exhausted": exhausted,
             "phase": self.phase,
-            "threshold": threshold,
             "num_drops": self.num_drops,
             "window": window,
             "since_anchor": t,  # as measured: a drop's interval still reports the phase it ended
             "distance_sq": distance,
-            "cooldown": self.cooldown,
+            "cooldown": self.cooled,
+            "cooldown_drop": cooldown_drop,  # this drop ends the cooldown's averaging window
         }
         return decision, x, list(self.lrs)
