@@ -299,29 +299,15 @@ def _run(detector: str, seed: int) -> dict[str, int]:
     return seen
 
 
-@pytest.mark.parametrize("seed", SEEDS["growth"])
-def test_growth_test_and_cooldown_match_twin(seed):
-    """The default test, with its cooldown when the horizon is known."""
-    _run("growth", seed)
-
-
-@pytest.mark.parametrize("seed", SEEDS["cooldown"])
-def test_cooldown_on_time_and_inside_the_segment_matches_twin(seed):
-    """Runs that stop drifting shortly before or after the final segment starts."""
-    seen = _run("cooldown", seed)
-    assert seen["cooldown drop"] == 1, seen
-
-
-@pytest.mark.parametrize("seed", SEEDS["paper"])
-def test_paper_test_matches_twin(seed):
-    seen = _run("paper", seed)
-    assert not any(k.startswith("cooldown") and n for k, n in seen.items()), seen  # never cools down
-
-
-@pytest.mark.parametrize("seed", SEEDS["trend"])
-def test_trend_test_matches_twin(seed):
-    seen = _run("trend", seed)
-    assert not any(k.startswith("cooldown") and n for k, n in seen.items()), seen
+@pytest.mark.parametrize(("detector", "seed"), [(d, seed) for d, seeds in SEEDS.items() for seed in seeds])
+def test_autodrop_matches_twin(detector, seed):
+    """Every test of saturation on its random cases ("cooldown": the growth test on runs that stop drifting
+    shortly before or after the final segment starts)."""
+    seen = _run(detector, seed)
+    if detector in ("paper", "trend"):  # the omega tests never cool down
+        assert not any(name.startswith("cooldown") and n for name, n in seen.items()), seen
+    if detector == "cooldown":
+        assert seen["cooldown drop"] == 1, seen
 
 
 def test_trajectories_exercise_every_branch():
