@@ -36,6 +36,7 @@ def _check(got, variant, phases_wanted):
 @pytest.mark.parametrize(
     "variant, phases_wanted",
     [("growth", ("averaging", "after-drop", "cooldown")), ("paper", ("averaging", "after-drop"))],
+    ids=["growth", "paper"],
 )
 def test_twenty_kills_anywhere_resume_bit_for_bit(tmp_path, variant, phases_wanted):
     got = soak.soak(str(tmp_path), variant, KILLS, seed=0, log=lambda *_: None)
