@@ -6,7 +6,8 @@ at its chosen moment: at a step's end, or inside one of a checkpoint's writes (t
 length first, as a kill during the write leaves it), or inside the deletion of old checkpoints. A DDP
 segment is two forked processes (gloo, CPU); when one dies, the other is killed, as torchrun does.
 
-Longer soak: `python -m tests.scripts.soak --kills 200 --variant growth paper ddp --seed 1`.
+Longer soak: `python -m tests.scripts.soak --kills 48 --rounds 5` (at most one kill per step: 48 kills a run at every
+step; each round a new seed; exit status 1 on any difference).
 """
 
 from __future__ import annotations
