@@ -250,6 +250,8 @@ class AutoDropCallback(TrainerCallback, ExportableState):
         # Process zero wrote its file in state(); the others' staged files are moved in place by it, or
         # here. A process whose file is not in the checkpoint yet (a save decided after on_step_end, such
         # as save_strategy="best") writes it now.
+        if self._journal is not None:
+            self._journal.flush()
         if self.autodrop is not None and self._written_step != state.global_step:
             self._move_staged(self.autodrop.rank)
             path = self._state_path(self._output_dir, state.global_step)
@@ -307,6 +309,8 @@ class AutoDropCallback(TrainerCallback, ExportableState):
         """
         if self.autodrop is None or not control.should_save or self._staged_step == self._global_step:
             return
+        if self._journal is not None:
+            self._journal.flush()  # the measurements file holds every interval up to the checkpoint
         self._staged_step = self._global_step
         rank = self.autodrop.rank
         error = None
