@@ -1,7 +1,9 @@
 """AutoDrop's cost end to end: a tiny GPT-2 trained through the Trainer with and without `AutoDropCallback()`.
 
 Both arms run in this process, interleaved (without, with, without, with, ...), `--repeats` times per run
-length; the table gives the medians of the wall time of `trainer.train()` and their ratio. The callback runs
+length; the table gives the medians of the wall time and of the process's CPU time of `trainer.train()`,
+their ratios, and the CPU time spent inside the callback's events (a share that a busy machine's other
+processes barely disturb: on a shared machine the wall times vary by more than the overhead). The callback runs
 at its defaults (the growth test, the automatic interval: `max_steps // 300` optimizer steps, so one step
 for runs under 600 steps), with the Trainer's default logging cadence; checkpoints are off in both arms.
 Peak memory: each arm once more in a fresh child process per run length, whose peak resident set size
@@ -26,6 +28,8 @@ import time
 
 import torch
 
+N_PARAMS, N_TENSORS = 118_528, 28  # of the model below (checked in make_trainer)
+
 
 def make_trainer(steps: int, with_autodrop: bool, output_dir: str, batch: int, seq: int):
     from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainingArguments
@@ -35,6 +39,8 @@ def make_trainer(steps: int, with_autodrop: bool, output_dir: str, batch: int, s
     torch.manual_seed(0)
     config = GPT2Config(vocab_size=256, n_positions=seq, n_embd=64, n_layer=2, n_head=2)
     model = GPT2LMHeadModel(config)
+    params = list(model.parameters())
+    assert (sum(p.numel() for p in params), len(params)) == (N_PARAMS, N_TENSORS)
     g = torch.Generator().manual_seed(0)
     # Tokens of a fixed random bigram chain: something to learn.
     successor = torch.randint(0, 256, (256, 4), generator=g)
@@ -61,14 +67,37 @@ def make_trainer(steps: int, with_autodrop: bool, output_dir: str, batch: int, s
     return Trainer(model=model, args=args, train_dataset=data, callbacks=callbacks)
 
 
-def timed_run(steps: int, with_autodrop: bool, batch: int, seq: int) -> float:
+def _clock_callback(trainer, spent: list[float]) -> None:
+    """Add the CPU time of every event of the trainer's AutoDropCallback to `spent[0]`."""
+    from hf_autodrop import AutoDropCallback
+
+    callback = next(c for c in trainer.callback_handler.callbacks if isinstance(c, AutoDropCallback))
+    for name in dir(callback):
+        if name.startswith("on_"):
+            event = getattr(callback, name)
+
+            def clocked(*args, _event=event, **kwargs):
+                start = time.process_time()
+                try:
+                    return _event(*args, **kwargs)
+                finally:
+                    spent[0] += time.process_time() - start
+
+            setattr(callback, name, clocked)
+
+
+def timed_run(steps: int, with_autodrop: bool, batch: int, seq: int) -> tuple[float, float, float]:
+    """(wall seconds, CPU seconds of this process, CPU seconds inside AutoDropCallback's events) of train()."""
     with tempfile.TemporaryDirectory() as out:
         trainer = make_trainer(steps, with_autodrop, out, batch, seq)
+        spent = [0.0]
+        if with_autodrop:
+            _clock_callback(trainer, spent)
         # The Trainer prints its log rows (and AutoDrop's at its events) in both arms; not to the table.
         with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
-            start = time.perf_counter()
+            wall, cpu = time.perf_counter(), time.process_time()
             trainer.train()
-            return time.perf_counter() - start
+            return time.perf_counter() - wall, time.process_time() - cpu, spent[0]
 
 
 def _peak_child(steps: int, with_autodrop: bool, batch: int, seq: int, queue) -> None:
@@ -100,32 +129,37 @@ def main() -> None:
     logging.disable(logging.WARNING)  # the Trainer's and AutoDrop's info lines would flood the table
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+    import hf_autodrop
     from hf_autodrop import AutoDropConfig
 
     timed_run(20, True, args.batch, args.seq)  # warm up imports, allocator and kernels for both arms
     timed_run(20, False, args.batch, args.seq)
     print(
-        f"tiny GPT-2 (2 layers, width 64, vocab 256), batch {args.batch} x {args.seq} tokens, CPU, "
-        f"{torch.get_num_threads()} thread(s), {args.repeats} interleaved repeats per length, medians"
+        f"tiny GPT-2 (2 layers, width 64, vocab 256; {N_PARAMS:,} parameters in {N_TENSORS} tensors), batch "
+        f"{args.batch} x {args.seq} tokens, CPU, {torch.get_num_threads()} thread(s), {args.repeats} interleaved "
+        f"repeats per length, medians; hf_autodrop from {os.path.dirname(hf_autodrop.__file__)}"
     )
     print(
-        f"{'steps':>6} {'interval':>8} {'without (s)':>11} {'with (s)':>9} {'time ratio':>10} "
-        f"{'spread of ratios':>17} {'peak RSS without':>16} {'with':>9} {'RSS ratio':>9}"
+        "| steps | interval | wall without | wall with | **wall ratio** | CPU without | CPU with | **CPU ratio** "
+        "| CPU in AutoDrop's events / CPU without | peak RSS without | with | RSS ratio |"
     )
+    print("| ---: " * 12 + "|")
     for steps in args.steps:
         without, with_ = [], []
         for _ in range(args.repeats):
             without.append(timed_run(steps, False, args.batch, args.seq))
             with_.append(timed_run(steps, True, args.batch, args.seq))
-        ratios = sorted(w / b for w, b in zip(with_, without))
-        rss = ""
+        rss = "| | |"
         if not args.no_memory:
             base, auto = peak_rss(steps, False, args.batch, args.seq), peak_rss(steps, True, args.batch, args.seq)
-            rss = f"{base / 2**20:13.1f} MiB {auto / 2**20:5.1f} MiB {auto / base:9.4f}"
-        med_b, med_w = statistics.median(without), statistics.median(with_)
+            rss = f"| {base / 2**20:.1f} MiB | {auto / 2**20:.1f} MiB | {auto / base:.4f} |"
+        wall_b, wall_w = (statistics.median(r[0] for r in runs) for runs in (without, with_))
+        cpu_b, cpu_w = (statistics.median(r[1] for r in runs) for runs in (without, with_))
+        inside = statistics.median(r[2] for r in with_)
         print(
-            f"{steps:6d} {AutoDropConfig().auto_interval_steps(steps):8d} {med_b:11.3f} {med_w:9.3f} "
-            f"{med_w / med_b:10.4f} {ratios[0]:8.4f}-{ratios[-1]:.4f} {rss}"
+            f"| {steps} | {AutoDropConfig().auto_interval_steps(steps)} | {wall_b:.3f} s | {wall_w:.3f} s | "
+            f"**{wall_w / wall_b:.4f}** | {cpu_b:.3f} s | {cpu_w:.3f} s | **{cpu_w / cpu_b:.4f}** | "
+            f"{inside / cpu_b:.2%} {rss}"
         )
 
 
