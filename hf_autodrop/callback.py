@@ -33,6 +33,7 @@ from ._state_files import atomic_save as _atomic_save  # noqa: F401 - the name b
 from ._trainer_link import install
 from .config import AutoDropConfig
 from .controller import AutoDrop, Measurement
+from .detectors import make_test
 from .distributed import agree
 from .lr import unwrap_optimizer
 
@@ -249,6 +250,8 @@ class AutoDropCallback(TrainerCallback, ExportableState):
         # Process zero wrote its file in state(); the others' staged files are moved in place by it, or
         # here. A process whose file is not in the checkpoint yet (a save decided after on_step_end, such
         # as save_strategy="best") writes it now.
+        if self._journal is not None:
+            self._journal.flush()
         if self.autodrop is not None and self._written_step != state.global_step:
             self._move_staged(self.autodrop.rank)
             path = self._state_path(self._output_dir, state.global_step)
@@ -306,6 +309,8 @@ class AutoDropCallback(TrainerCallback, ExportableState):
         """
         if self.autodrop is None or not control.should_save or self._staged_step == self._global_step:
             return
+        if self._journal is not None:
+            self._journal.flush()  # the measurements file holds every interval up to the checkpoint
         self._staged_step = self._global_step
         rank = self.autodrop.rank
         error = None
@@ -499,18 +504,20 @@ class AutoDropCallback(TrainerCallback, ExportableState):
                     state.max_steps,
                 )
             return every
-        if cfg.detector == "growth":
-            # The growth test's decision does not depend on the interval; measuring about 200 times per run
-            # keeps its window well sampled early in the run, at any run length.
-            every = cfg.auto_interval_steps(state.max_steps)
+        test = make_test(cfg)
+        if not test.measures_per_epoch:
+            # A test whose decision does not depend on the interval (the growth test): measuring about 300
+            # times per run keeps its window well sampled early in the run, at any run length.
+            every = test.auto_interval_steps(state.max_steps)
             if report:
                 logger.info(
                     "AutoDrop: measuring every %d optimizer steps (%d intervals over the run's %d steps); the "
-                    "growth test judges saturation over the latter half of the time since the start or the last "
+                    "%s test judges saturation over the latter half of the time since the start or the last "
                     "drop, whatever the interval. Set interval_steps to choose yourself.",
                     every,
                     state.max_steps // every,
                     state.max_steps,
+                    cfg.detector,
                 )
             return every
         epochs = math.ceil(state.num_train_epochs)
