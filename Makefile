@@ -5,6 +5,7 @@ PY := $(VENV)/bin/python
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 
 .PHONY: demo test setup-demo setup-dev lint bench wheel-check
+.PHONY: cards cards-check
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +31,12 @@ demo: setup-demo
 
 test: setup-dev
 	$(OFFLINE) $(PY) -m pytest -n 2
+
+# model_cards/<recipe>.md: the card each recipe publishes, rendered from the recipes (cards-check: CI, writes nothing).
+cards: setup-dev
+	$(PY) recipes/model_cards.py
+cards-check: setup-dev
+	$(PY) recipes/model_cards.py --check
 
 lint: setup-dev
 	$(VENV)/bin/ruff check .

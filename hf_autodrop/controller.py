@@ -248,9 +248,14 @@ class AutoDrop:
             )
 
     def _check_optimizer_stepped(self, norm_sq: float) -> None:
-        """Raise when the parameters moved but the optimizer, which stepped in earlier intervals, did not."""
+        """Raise when the parameters moved but the optimizer, which stepped in earlier intervals, did not.
+
+        Only a finite displacement is evidence: a parameter that was inf/NaN at either end of the interval
+        (a loop that skips non-finite steps, as GradScaler does, and repairs the weight itself) takes the
+        non-finite path instead.
+        """
         stepped, self._optimizer_steps = self._optimizer_steps, 0
-        if self._optimizer_stepped and not stepped and norm_sq > 0:
+        if self._optimizer_stepped and not stepped and 0 < norm_sq < math.inf:
             raise RuntimeError(
                 f"The parameters moved during interval {self._state.interval} but the optimizer AutoDrop was built "
                 "with did not step (it did in earlier intervals): the training loop seems to have rebuilt its "

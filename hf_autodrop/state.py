@@ -144,7 +144,12 @@ def load_state(ad, state: dict) -> None:
     try:
         _load(ad, state)
     except (KeyError, TypeError, AttributeError, IndexError) as err:
-        raise ValueError(f"AutoDrop state is damaged ({type(err).__name__}: {err})") from err
+        raise ValueError(
+            f"AutoDrop state is damaged ({type(err).__name__}: {err}). Restore the state file from a copy, or "
+            "restart AutoDrop's history: build a new AutoDrop without loading this state (with the Trainer, "
+            "resume without restore_callback_states_from_checkpoint, or delete the checkpoint's "
+            "autodrop_state file)."
+        ) from err
 
 
 def _load(ad, state: dict) -> None:
@@ -162,7 +167,10 @@ def _load(ad, state: dict) -> None:
         raise ValueError(
             f"AutoDrop state was saved for {len(shapes)} trainable parameters of shapes {_short(shapes)}, "
             f"but this model has {len(ad._snapshot.shapes)} of shapes {_short(ad._snapshot.shapes)}. "
-            "It belongs to another model (or another set of frozen parameters)."
+            "It belongs to another model (or another set of frozen parameters). Resume with the trainable "
+            "parameters it was saved with (the same model, the same parameters frozen), or restart AutoDrop's "
+            "history: build a new AutoDrop without loading this state (with the Trainer, resume without "
+            "restore_callback_states_from_checkpoint, or delete its autodrop_state file)."
         )
     if state["phase"] not in (MONITOR, AVERAGING):
         raise ValueError(f"AutoDrop state has unknown phase {state['phase']!r}")

@@ -137,6 +137,94 @@ def reloaded_error(folder: Path, data_dir: Path, split: str, image_column: str, 
     return 100.0 * (1.0 - (pred == torch.as_tensor(test[label_column])).float().mean().item())
 
 
+# Run in a fresh interpreter where hf_autodrop cannot be imported at all: the published folder, in the
+# Hub's cache layout (as a download leaves it), must load with transformers and timm alone.
+LOAD_WITHOUT_HF_AUTODROP = """
+import json, sys
+sys.modules["hf_autodrop"] = None  # `import hf_autodrop` (and hf_autodrop.models) now raises ImportError
+import numpy as np, torch
+from PIL import Image
+from transformers import AutoImageProcessor, AutoModelForImageClassification, pipeline
+
+repo_id, images_path, out = sys.argv[1:]
+data = np.load(images_path)
+images = [Image.fromarray(data[f"arr_{i}"]) for i in range(len(data.files))]
+model = AutoModelForImageClassification.from_pretrained(repo_id, trust_remote_code=True).eval()
+x = AutoImageProcessor.from_pretrained(repo_id)(images, return_tensors="pt")["pixel_values"]
+with torch.no_grad():
+    logits = model(x).logits
+classify = pipeline("image-classification", model=repo_id, trust_remote_code=True)
+top = [classify(im, top_k=1)[0]["label"] for im in images]
+import timm  # the folder's custom code registered its architecture: the timm way works here too
+timm_model = timm.create_model("hf-hub:" + repo_id, pretrained=True).eval()
+with torch.no_grad():
+    timm_logits = timm_model(x)
+assert not [m for m, v in sys.modules.items() if v is not None and m.split(".")[0] == "hf_autodrop"]
+json.dump({"logits": logits.tolist(), "timm_logits": timm_logits.tolist(), "top": top,
+           "id2label": {int(k): v for k, v in model.config.id2label.items()}}, open(out, "w"))
+"""
+
+
+def as_hub_cache(folder: Path, cache: Path, repo_id: str) -> None:
+    """`folder` as `huggingface_hub` stores a downloaded repo (refs/main -> snapshots/<commit>/), for offline loads."""
+    import shutil
+
+    commit = "0" * 40
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    shutil.copytree(folder, repo / "snapshots" / commit)
+
+
+def check_loads_everywhere(folder: Path, data_dir: Path, split: str, image_column: str, tmp_path: Path) -> None:
+    """The folder loads four ways, with equal logits: timm + hf_autodrop.models, transformers' TimmWrapper
+    (hf_autodrop.models imported), and, in a process without hf_autodrop, the Hub custom code
+    (`AutoModelForImageClassification` and `pipeline`, `trust_remote_code=True`) and timm's `hf-hub:`."""
+    import datasets
+    from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+    images = [np.asarray(im.convert("RGB")) for im in datasets.load_from_disk(str(data_dir))[split][image_column]]
+    np.savez(tmp_path / "images.npz", *images)  # ImageNet's images differ in size
+    model = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
+    transform = timm.data.create_transform(**timm.data.resolve_data_config({}, model=model))
+    from PIL import Image
+
+    x = torch.stack([transform(Image.fromarray(a)) for a in images])
+    with torch.no_grad():
+        reference = model(x)
+    # transformers' own TimmWrapper (no custom code): config.json must not pass num_classes twice.
+    wrapper = AutoModelForImageClassification.from_pretrained(str(folder)).eval()
+    assert type(wrapper).__name__ == "TimmWrapperForImageClassification"
+    assert torch.equal(
+        AutoImageProcessor.from_pretrained(str(folder))(list(map(Image.fromarray, images)), return_tensors="pt")[
+            "pixel_values"
+        ],
+        x,
+    )
+    with torch.no_grad():
+        torch.testing.assert_close(wrapper(x).logits, reference, rtol=0, atol=1e-5)
+
+    cache, repo_id = tmp_path / "hub_cache", "someone/published"
+    as_hub_cache(folder, cache, repo_id)
+    env = _env(HF_HUB_CACHE=str(cache), HF_HOME=str(tmp_path / "hf_home"), PYTHONPATH="")
+    out = tmp_path / "loaded.json"
+    proc = subprocess.run(
+        [sys.executable, "-c", LOAD_WITHOUT_HF_AUTODROP, repo_id, str(tmp_path / "images.npz"), str(out)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    loaded = json.loads(out.read_text())
+    torch.testing.assert_close(torch.tensor(loaded["logits"]), reference, rtol=0, atol=1e-5)
+    torch.testing.assert_close(torch.tensor(loaded["timm_logits"]), reference, rtol=0, atol=1e-5)
+    names = model.pretrained_cfg["label_names"]
+    assert {int(k): v for k, v in loaded["id2label"].items()} == dict(enumerate(names))
+    assert loaded["top"] == [names[i] for i in reference.argmax(-1).tolist()]
+
+
 def check_outputs(out: Path, recipe, results: dict, data_dir: Path, args: list[str], *, lr0: float, drop_step: int):
     on_disk = json.loads((out / "results.json").read_text())
     assert on_disk["final_test_error"] == results["final_test_error"]
@@ -168,9 +256,15 @@ def check_outputs(out: Path, recipe, results: dict, data_dir: Path, args: list[s
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5_000
 
     folder = out / "model"
-    assert {"config.json", "model.safetensors", "README.md", "training_curve.png", "results.json"} <= {
-        p.name for p in folder.iterdir()
-    }
+    assert {
+        "config.json",
+        "model.safetensors",
+        "README.md",
+        "training_curve.png",
+        "results.json",
+        "modeling_hf_autodrop.py",
+        "hf_autodrop_models.py",
+    } <= {p.name for p in folder.iterdir()}
     card = ModelCard.load(folder / "README.md")
     top1 = next(r for r in card.data.eval_results if r.metric_type == "accuracy" and r.metric_config is None)
     assert top1.metric_value == round(100.0 - on_disk["final_test_error"], 2)
@@ -219,6 +313,7 @@ def test_recipe_end_to_end(name, schedule, hub_data, tmp_path):
     if schedule == "autodrop":
         assert on_disk["autodrop_drops"][0]["step"] == 3
         assert on_disk["config"]["autodrop"]["drop_factor"] == recipe.drop_factor
+        check_loads_everywhere(out / "model", data_dir, recipe.eval_split, recipe.image_column, tmp_path)
     else:
         assert on_disk["drop_epochs"] == [1.0]
         assert on_disk["config"]["angle_monitor"]["dry_run"] is True  # angles logged, nothing changed by AutoDrop
@@ -271,6 +366,9 @@ def test_paper_defaults_reach_the_trainer(tmp_path):
         ic.parse_args(recipe, ["--image_mean", "0.5", "0.5"])
     with pytest.raises(ValueError, match="publish_ema needs --model_ema"):
         ic.parse_args(recipe, ["--publish_ema"])
+    with pytest.raises(ValueError, match="--hub_strategy checkpoint: the recipe publishes one timm model folder"):
+        ic.parse_args(recipe, ["--push_to_hub", "--hub_strategy", "checkpoint"])
+    assert ic.parse_args(recipe, ["--hub_strategy", "checkpoint"]).training.hub_strategy == "checkpoint"  # no push
     with pytest.raises(ValueError, match="--update_card writes the scores"):
         ic.parse_args(recipe, ["--do_train", "false", "--model_name_or_path", "hf-hub:a/b", "--update_card"])
 
@@ -401,11 +499,26 @@ def test_push_to_hub_checks_first_then_uploads_the_timm_folder(hub_data, tmp_pat
     assert ("init", "secret") in hub.calls and ("create_repo", "someone/resnet18-cifar10-autodrop", True) in hub.calls
     upload = next(c for c in hub.calls if c[0] == "upload_folder")
     assert upload[1] == "someone/resnet18-cifar10-autodrop"
-    assert upload[2] == ["README.md", "config.json", "model.safetensors", "results.json", "training_curve.png"]
+    assert upload[2] == [
+        "README.md",
+        "config.json",
+        "hf_autodrop_models.py",
+        "model.safetensors",
+        "modeling_hf_autodrop.py",
+        "results.json",
+        "training_curve.png",
+    ]
     card = ModelCard.load(out / "model" / "README.md")
     assert 'timm.create_model("hf-hub:someone/resnet18-cifar10-autodrop", pretrained=True)' in card.text
     assert card.data.model_name == "resnet18-cifar10-autodrop"
-    assert 'pip install "hf_autodrop[recipes]"' in card.text and "import hf_autodrop.models" in card.text
+    assert ic.publish.INSTALL in card.text and "import hf_autodrop.models" in card.text
+    # The first lines after the metadata say how to load it without hf_autodrop, then the timm way.
+    body = card.text.lstrip().splitlines()
+    assert body[2].startswith("**Load it with transformers and timm alone** (`pip install transformers timm`")
+    assert 'pipeline("image-classification", model="someone/resnet18-cifar10-autodrop", trust_remote_code=True)' in (
+        "\n".join(body[:12])
+    )
+    assert "Not trained yet" not in card.text and "not trained yet" not in card.text
     assert "`recipes/cifar10_resnet18.py`" in card.text
     assert "secret" not in (out / "results.json").read_text()
 
@@ -465,10 +578,41 @@ def test_two_processes_train_with_ddp_from_the_command_line(hub_data, tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
     assert results["hardware"]["world_size"] == 2 and results["total_batch_size"] == 2 * BATCH
-    assert results["command"].startswith("accelerate launch --num_processes 2 ")
+    # The command that was run: torchrun, with its own options, the script from the repository's root.
+    assert results["command"] == (
+        "torchrun --standalone --nproc_per_node 2 recipes/cifar10_resnet18.py "
+        + shlex.join(tiny_args("cifar10_resnet18", data_dir, out, *AUTODROP_NOW) + ["--ddp_backend", "gloo"])
+    )
+    assert results["hardware"]["launcher"] == {
+        "name": "torchrun",
+        "options": ["--standalone", "--nproc_per_node", "2"],
+        "num_processes": 2,
+        "num_machines": 1,
+        "processes_per_machine": 2,
+    }
     assert [d["step"] for d in results["drops"]] == [3] and results["epochs"] == 1.5  # 2 steps per epoch
     error = reloaded_error(out / "model", data_dir, "test", "img", "label")
     assert error == pytest.approx(results["final_test_error"], abs=1e-9)
+
+
+def test_two_processes_through_accelerate_launch_with_the_repository_config(hub_data, tmp_path):
+    """`accelerate launch --config_file recipes/accelerate/two_processes.yaml recipes/<name>.py` on 2 CPU processes."""
+    data_dir = hub_data("uoft-cs/cifar10")
+    out = tmp_path / "accelerate"
+    config = "recipes/accelerate/two_processes.yaml"
+    args = tiny_args("cifar10_resnet18", data_dir, out, *AUTODROP_NOW) + ["--ddp_backend", "gloo"]
+    cmd = [str(Path(sys.executable).parent / "accelerate"), "launch", "--config_file", config]
+    proc = subprocess.run(
+        cmd + ["recipes/cifar10_resnet18.py", *args], cwd=REPO, env=_env(), capture_output=True, text=True, timeout=240
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert results["hardware"]["world_size"] == 2 and results["total_batch_size"] == 2 * BATCH
+    assert (
+        results["command"] == f"accelerate launch --config_file {config} recipes/cifar10_resnet18.py {shlex.join(args)}"
+    )
+    assert results["hardware"]["launcher"]["name"] == "accelerate launch"
+    assert [d["step"] for d in results["drops"]] == [3] and results["epochs"] == 1.5
 
 
 def _fake_run(tmp: Path, recipe: str, schedule: str, rho: float, seed: int, error: float) -> dict:
@@ -854,3 +998,33 @@ def test_the_library_does_not_import_the_recipes():
             for name in names:
                 assert name.split(".")[0] not in {"recipes", "image_classification", "hub_schema", "aggregate"}, path
         assert "model_cards" not in path.read_text(), path
+
+
+def test_model_cards_are_the_recipes_cards_rendered_again(tmp_path, monkeypatch, capsys):
+    """model_cards/<recipe>.md is what `python recipes/model_cards.py` renders from the recipe today (CI runs this)."""
+    import model_cards
+
+    recipes_with_a_row = sorted(p.stem for p in RECIPES.glob("*.py") if "RECIPE = Recipe(" in p.read_text())
+    assert sorted(model_cards.TABLE1) == recipes_with_a_row
+    for name in model_cards.TABLE1:
+        path = REPO / "model_cards" / f"{name}.md"
+        assert path.read_text() == model_cards.render(name), f"{path} is stale: run python recipes/model_cards.py"
+    recipe = load_recipe("cifar100_wrn40_10").RECIPE
+    card = ModelCard.load(REPO / "model_cards" / "cifar100_wrn40_10.md")
+    assert card.data.eval_results is None and card.data.library_name == "timm"
+    text = card.text
+    assert "**Not trained yet.**" in text and "| this model, final | **not trained yet** |" in text
+    mean, std = recipe.paper["autodrop-0.2"]
+    assert f"| paper, same method (mean ± std over seeds) | {mean:.2f} ± {std:.2f} |" in text
+    assert "55,899,444 parameters" in text and f"lr {recipe.learning_rate}" in text
+    assert "python recipes/cifar100_wrn40_10.py --seed 0" in text and "import hf_autodrop.models" in text
+    assert "import hf_autodrop.models" not in (REPO / "model_cards" / "imagenet_resnet18.md").read_text()
+    # --check (make cards-check) names a stale card and fails; it writes nothing.
+    for name in model_cards.TABLE1:
+        (tmp_path / f"{name}.md").write_text((REPO / "model_cards" / f"{name}.md").read_text())
+    (tmp_path / "cifar10_resnet18.md").write_text("an old card\n")
+    monkeypatch.setattr(model_cards, "OUT", tmp_path)
+    assert model_cards.main(["--check"]) == 1
+    assert "cifar10_resnet18.md: out of date" in capsys.readouterr().err
+    assert (tmp_path / "cifar10_resnet18.md").read_text() == "an old card\n"
+    assert model_cards.main([]) == 0 and model_cards.main(["--check"]) == 0

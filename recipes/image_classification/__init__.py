@@ -9,7 +9,8 @@ row of Table 1) and calls `main(recipe)`. The modules, one concern each:
 - `model.py`: the timm model behind the `Trainer`'s interface;
 - `trainer.py`: the `Trainer` with the paper's weight decay, the baseline schedule, the metrics;
 - `results.py`: `results.json`'s fields from the log history, and the training curve;
-- `publish.py` + `model_card.md`: the timm folder, the model card and the Hub upload;
+- `publish.py` (+ `hub_code/`; the card template is `model_cards/model_card.md` at the repository's
+  root): the timm folder, its Hub custom code, the model card and the Hub upload;
 - `train.py`: `run`/`main`, which puts them together.
 """
 

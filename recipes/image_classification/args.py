@@ -273,6 +273,14 @@ def parse_args(recipe: Recipe, argv: list[str] | None = None):
         raise ValueError("--do_train false scores a trained model: pass --model_name_or_path <folder or hf-hub:repo>")
     if not parsed.training.do_train and parsed.data.streaming:
         raise ValueError("--do_train false reads the test split as a data set: drop --streaming")
+    strategy = str(getattr(parsed.training.hub_strategy, "value", parsed.training.hub_strategy))
+    if parsed.training.push_to_hub and strategy != "end":
+        raise ValueError(
+            f"--hub_strategy {strategy}: the recipe publishes one timm model folder (weights, card, Hub custom code) "
+            "when training ends, which is --hub_strategy end (the default). The other strategies upload the "
+            "Trainer's checkpoints, which timm and the card cannot load; drop --hub_strategy, and upload a "
+            "checkpoint folder yourself if you need one: hf upload <repo> <output_dir>/checkpoint-<step>"
+        )
     if parsed.model.update_card:
         folder = (parsed.model.model_name_or_path or "").removeprefix("local-dir:")
         if parsed.training.do_train or not os.path.isdir(folder):

@@ -1,14 +1,29 @@
 """Publishing: the timm model folder, its model card, and the upload to the Hub.
 
-`write_model_folder` writes everything `timm.create_model("local-dir:<folder>", pretrained=True)` and
-the Hub need, and `push_folder` uploads the same folder, after which anyone can load it with
-`timm.create_model("hf-hub:<repo>", pretrained=True)` (with `hf_autodrop.models` imported where the
-architecture is one of its CIFAR models):
+`write_model_folder` writes a folder that loads three ways, and `push_folder` uploads it as it is:
 
-- `config.json` + `model.safetensors`: timm's own export (`timm.models.save_for_hf`);
+- with transformers and timm alone, no hf_autodrop: `AutoModelForImageClassification.from_pretrained(
+  <repo or folder>, trust_remote_code=True)` or `pipeline("image-classification", model=..., trust_remote_code=True)`:
+  the folder carries its architecture as Hub custom code (`config.json`'s `auto_map` ->
+  `modeling_hf_autodrop.py`, which imports `hf_autodrop_models.py`, a verbatim copy of `hf_autodrop/models.py`);
+- with timm: `timm.create_model("hf-hub:<repo>" or "local-dir:<folder>", pretrained=True)`, after
+  `import hf_autodrop.models` for the CIFAR architectures (timm's own `resnet18` needs nothing);
+- with transformers' own `TimmWrapper` (no `trust_remote_code`), after `import hf_autodrop.models`.
+
+The files:
+
+- `config.json` + `model.safetensors`: timm's own export (`timm.models.save_for_hf`), plus `auto_map`,
+  and without `num_classes` in `model_args` (timm records it there; timm reads the root `num_classes`
+  anyway, and transformers' `TimmWrapper` passes `num_classes=` itself and then `**model_args`, which
+  raised `TypeError: got multiple values for keyword argument 'num_classes'`);
+- `modeling_hf_autodrop.py` + `hf_autodrop_models.py`: the custom code (torch, timm and transformers only);
 - `README.md`: the model card, rendered with `huggingface_hub.ModelCard.from_template` from the Jinja
-  template `model_card.md` beside this module, whose YAML metadata carries a `model-index`;
+  template `model_cards/model_card.md` (at the repository's root), whose YAML metadata carries a `model-index`;
 - `training_curve.png` and `results.json` from the run.
+
+The upload is `huggingface_hub.HfApi.upload_folder` of that folder. `timm.models.push_to_hf_hub` does
+not fit: it writes a fresh temporary folder (weights, config and, only where the repo has none, its own
+short card) and uploads that, so the card, the custom code, the curve and `results.json` would be left out.
 
 This lives with the recipes, not in the library: the library trains, the recipes publish.
 """
@@ -35,9 +50,16 @@ __all__ = [
     "write_model_folder",
 ]
 
-# The model card's Jinja template, beside this module.
-DEFAULT_TEMPLATE = Path(__file__).resolve().parent / "model_card.md"
-INSTALL = 'pip install "hf_autodrop[recipes]"'
+# The model cards' Jinja template, in model_cards/ at the repository's root (with the rendered card of each recipe).
+MODEL_CARDS = Path(__file__).resolve().parents[2] / "model_cards"
+DEFAULT_TEMPLATE = MODEL_CARDS / "model_card.md"
+# The Hub custom code each folder carries: the transformers entry point, and the architectures' file.
+HUB_CODE = Path(__file__).resolve().parent / "hub_code" / "modeling_hf_autodrop.py"
+ARCHITECTURES_FILE = "hf_autodrop_models.py"
+AUTO_MAP = {"AutoModelForImageClassification": "modeling_hf_autodrop.AutoDropTimmForImageClassification"}
+# What each way of loading needs. hf_autodrop is not on PyPI: it installs from a clone of its repository.
+INSTALL_TRANSFORMERS = "pip install transformers timm"
+INSTALL = 'pip install -e ".[recipes]"'
 
 CITATION = """@misc{autodrop,
   title  = {AutoDrop: Training Deep Learning Models with Automatic Learning Rate Drop},
@@ -51,13 +73,28 @@ def save_timm_folder(
     """Write timm's `config.json` + `model.safetensors` for `model` into `folder` (created if needed).
 
     `label_names` (class index -> name) and `data_config` (the preprocessing: `input_size`, `mean`,
-    `std`, `crop_pct`, `interpolation`) are stored in `config.json`, where timm's data config finds them.
+    `std`, `crop_pct`, `interpolation`) are stored in `config.json`, where timm's data config (and
+    transformers' `TimmWrapperImageProcessor`) finds them. The folder also gets its Hub custom code
+    (`auto_map` + `modeling_hf_autodrop.py` + `hf_autodrop_models.py`), so that transformers loads it
+    without hf_autodrop.
     """
     from timm.models import save_for_hf
 
+    import hf_autodrop.models
+
     folder = Path(folder)
-    model_config = {"label_names": list(label_names)} if label_names else None
+    model_config = {"auto_map": dict(AUTO_MAP)}
+    if label_names:
+        model_config["label_names"] = list(label_names)
     save_for_hf(model, str(folder), model_config=model_config, data_config=data_config, safe_serialization=True)
+    path = folder / "config.json"
+    config = json.loads(path.read_text())
+    # timm records num_classes in model_args too; TimmWrapper would pass it twice (see the module's docstring).
+    if isinstance(config.get("model_args"), dict):
+        config["model_args"].pop("num_classes", None)
+    path.write_text(json.dumps(config, indent=2) + "\n")
+    shutil.copyfile(HUB_CODE, folder / HUB_CODE.name)
+    shutil.copyfile(hf_autodrop.models.__file__, folder / ARCHITECTURES_FILE)
     return folder
 
 
@@ -68,9 +105,12 @@ def needs_registration(model_name: str) -> bool:
     return model_name in hf_autodrop.models.__all__
 
 
-def _fmt(value, digits: int = 2) -> str:
+NOT_TRAINED = "not trained yet"
+
+
+def _fmt(value, digits: int = 2, missing: str = "n/a") -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "n/a"
+        return missing
     if isinstance(value, (list, tuple)):
         mean, std = value
         return f"{mean:.{digits}f}" if std is None else f"{mean:.{digits}f} ± {std:.{digits}f}"
@@ -165,7 +205,9 @@ def render_model_card(
     ]
     config = results.get("config") or {}
     training = config.get("training") or {}
+    model_ref = repo_id or str(folder or "<folder>")
     load_name = f"hf-hub:{repo_id}" if repo_id else f"local-dir:{folder or '<folder>'}"
+    trained = results.get("final_test_error") is not None
     names = results.get("label_names") or []
     classes = ", ".join(names[:10]) + (f", ... ({len(names)} in all)" if len(names) > 10 else "")
     return ModelCard.from_template(
@@ -174,8 +216,12 @@ def render_model_card(
         title=results["title"],
         method=results["method"],
         repo_id=repo_id,
+        model_ref=model_ref,
         load_name=load_name,
         install=INSTALL,
+        install_transformers=INSTALL_TRANSFORMERS,
+        trained=trained,
+        expected_hours=(config.get("recipe") or {}).get("expected_hours"),
         register=needs_registration(results["model_name"]),
         recipe_file=f"recipes/{results['recipe']}.py",
         model_name=results["model_name"],
@@ -190,10 +236,12 @@ def render_model_card(
         std=", ".join(f"{m:.4f}" for m in results.get("std") or []),
         seed=results["seed"],
         drop_factor=results.get("drop_factor"),
-        final_error=_fmt(results.get("final_test_error")),
-        best_error=_fmt(results.get("best_test_error")),
-        best_epoch=_fmt(results.get("best_epoch"), 0),
-        top5_error=_fmt(results.get("final_top5_error")) if results.get("num_classes", 0) > 5 else None,
+        final_error=_fmt(results.get("final_test_error"), missing=NOT_TRAINED),
+        best_error=_fmt(results.get("best_test_error"), missing=NOT_TRAINED),
+        best_epoch=_fmt(results.get("best_epoch"), 0, missing="-"),
+        top5_error=_fmt(results.get("final_top5_error"), missing=NOT_TRAINED)
+        if results.get("num_classes", 0) > 5
+        else None,
         ema=results.get("ema"),
         paper_value=_fmt(paper.get("value")),
         paper_rows=paper_rows,

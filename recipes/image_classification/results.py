@@ -6,6 +6,7 @@ import math
 import os
 import platform
 import shlex
+import sys
 from importlib import metadata
 from pathlib import Path
 
@@ -45,15 +46,76 @@ def hardware(training_args) -> dict:
         "world_size": training_args.world_size,
         "device": str(training_args.device),
         "mixed_precision": "bf16" if training_args.bf16 else "fp16" if training_args.fp16 else "no",
+        "launcher": launcher(training_args.world_size),
     }
     if torch.cuda.is_available():
         info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     return info
 
 
-def command_line(recipe: Recipe, argv: list[str], training_args) -> str:
-    """The command that reproduces this run from the repository's root, as one shell line (no token in it)."""
-    script = f"recipes/{recipe.name}.py"
+def _parent_argv() -> list[str] | None:
+    """The command line of the process that started this one (Linux: /proc), or None."""
+    try:
+        raw = Path(f"/proc/{os.getppid()}/cmdline").read_bytes()
+    except OSError:
+        return None
+    return [a.decode(errors="replace") for a in raw.split(b"\0") if a]
+
+
+def _launcher_in(argv: list[str]) -> tuple[str, int] | None:
+    """`("torchrun" or "accelerate launch", index of its first option)` if `argv` runs one of them."""
+    i = 0
+    while i < len(argv) and Path(argv[i]).name.startswith("python"):
+        i += 1
+    if i + 1 < len(argv) and argv[i] == "-m":
+        module = argv[i + 1]
+        if module in ("torch.distributed.run", "torch.distributed.launch"):
+            return "torchrun", i + 2
+        if module in ("accelerate.commands.launch", "accelerate.commands.accelerate_cli"):
+            return "accelerate launch", i + 2 + (module.endswith("_cli") and argv[i + 2 : i + 3] == ["launch"])
+        return None
+    if i < len(argv) and Path(argv[i]).name == "torchrun":
+        return "torchrun", i + 1
+    if i + 1 < len(argv) and Path(argv[i]).name == "accelerate" and argv[i + 1] == "launch":
+        return "accelerate launch", i + 2
+    return None
+
+
+def launcher(world_size: int) -> dict:
+    """How this run was started: `name` (python, torchrun or accelerate launch), its `options` (as typed, when the
+    launcher's own command line can be read), `num_processes`, `num_machines` and `processes_per_machine`.
+
+    torchrun sets `TORCHELASTIC_RUN_ID`, accelerate launch sets `ACCELERATE_DYNAMO_BACKEND` (and starts torchrun's
+    agent inside itself for several processes); `WORLD_SIZE` / `LOCAL_WORLD_SIZE` give processes and machines.
+    """
+    env = os.environ
+    local = int(env.get("LOCAL_WORLD_SIZE", world_size) or world_size)
+    info = {
+        "name": "python",
+        "options": None,
+        "num_processes": world_size,
+        "num_machines": max(1, world_size // max(1, local)),
+        "processes_per_machine": local,
+    }
+    if "ACCELERATE_DYNAMO_BACKEND" in env:
+        info["name"] = "accelerate launch"
+    elif "TORCHELASTIC_RUN_ID" in env:
+        info["name"] = "torchrun"
+    if info["name"] == "python":
+        return info
+    parent = _parent_argv() or []
+    found = _launcher_in(parent)
+    script = sys.argv[0] if sys.argv else None
+    if found is not None and found[0] == info["name"] and script in parent[found[1] :]:
+        info["options"] = parent[found[1] : parent.index(script, found[1])]
+    elif info["name"] == "torchrun":
+        info["options"] = ["--nnodes", str(info["num_machines"]), "--nproc_per_node", str(local)]
+    else:
+        info["options"] = ["--num_processes", str(world_size), "--num_machines", str(info["num_machines"])]
+    return info
+
+
+def _without_token(argv: list[str]) -> list[str]:
     kept, skip = [], False
     for a in argv:
         if skip or a.startswith("--hub_token="):
@@ -62,10 +124,22 @@ def command_line(recipe: Recipe, argv: list[str], training_args) -> str:
             skip = True
         else:
             kept.append(a)
-    argv = kept
-    if training_args.world_size > 1:
-        return f"accelerate launch --num_processes {training_args.world_size} {script} {shlex.join(argv)}".strip()
-    return f"python {script} {shlex.join(argv)}".strip()
+    return kept
+
+
+def command_line(recipe: Recipe, argv: list[str], training_args) -> str:
+    """The command that reproduces this run from the repository's root, as one shell line (no token in it).
+
+    The launcher is the one that started this run (`launcher`): `python`, or torchrun / accelerate launch with
+    the options they were given (processes, machines, config file), read from the launcher's own command line
+    where it can be read, else rebuilt from the environment.
+    """
+    script = f"recipes/{recipe.name}.py"
+    start = launcher(training_args.world_size)
+    prefix = (
+        "python" if start["name"] == "python" else f"{start['name']} {shlex.join(_without_token(start['options']))}"
+    )
+    return f"{prefix.strip()} {script} {shlex.join(_without_token(argv))}".strip()
 
 
 def autodrop_drops(log_history: list[dict], learning_rate: float) -> list[dict]:
