@@ -162,7 +162,10 @@ class AutoDropConfig:
         if not _is_finite(self.drop_delay_fraction) or self.drop_delay_fraction <= 0:
             raise bad("drop_delay_fraction", "a finite number > 0 (a fraction of the time since the last drop)")
         if not _is_finite(self.cooldown_fraction) or not 0 <= self.cooldown_fraction < 0.5:
-            raise bad("cooldown_fraction", "a number in [0, 0.5) (the share of the run over which the lr decays to its floor; 0: off)")
+            raise bad(
+                "cooldown_fraction",
+                "a number in [0, 0.5) (the share of the run over which the lr decays to its floor; 0: off)",
+            )
         if self.interval_steps is not None and (not _is_int(self.interval_steps) or self.interval_steps < 1):
             raise bad("interval_steps", "None (one interval per epoch) or an integer >= 1")
         for name in ("average_buffers", "dry_run", "stop_when_exhausted", "offload_to_cpu"):

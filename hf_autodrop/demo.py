@@ -289,7 +289,9 @@ def _print_summary(record: dict) -> None:
         print("   (no drop)")
     if run.get("cooldown"):
         c = run["cooldown"]
-        print(f"cooldown: from epoch {c['from_epoch']:g} the lr decays from {c['from_lr']:.3g} to {c['to_lr']:.3g} (1 - sqrt)")
+        print(
+            f"cooldown: from epoch {c['from_epoch']:g} the lr decays from {c['from_lr']:.3g} to {c['to_lr']:.3g} (1 - sqrt)"
+        )
     runs = [("AutoDrop", run)] + ([("constant lr", record["constant_lr"])] if "constant_lr" in record else [])
     for name, r in runs:
         print(
