@@ -71,6 +71,13 @@ def DigitsCNN() -> nn.Module:
     return DigitsCNN(batchnorm=False, hidden=64)
 
 
+def DigitsBNCNN() -> nn.Module:
+    """The demo's CNN as the demo trains it: with BatchNorm, 64-unit hidden layer (an SGD + BatchNorm task)."""
+    from hf_autodrop.demo import DigitsCNN
+
+    return DigitsCNN(batchnorm=True, hidden=64)
+
+
 # ---------------------------------------------------------------------------- char LM
 VOCAB = 128  # ASCII; any other byte becomes "?"
 

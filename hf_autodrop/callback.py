@@ -69,8 +69,8 @@ class AutoDropCallback(TrainerCallback, ExportableState):
     its own. With `logging_strategy="no"` nothing is logged there (the drops still go to the
     `hf_autodrop` logger at INFO). Every interval's record is in `measurements` and, on process zero,
     in `output_dir/autodrop_measurements.jsonl` (one JSON object per line, NaN written as null). It tells AutoDrop the run's length
-    (`max_steps`), so that with the default growth test a run that never saturates still starts its last
-    `cooldown_fraction` (a tenth) at a lower lr, unless its parameters still drift then.
+    (`max_steps`), so that with the default growth test the lr decays to its floor over the run's last
+    `cooldown_fraction` (a fifth), along 1 - sqrt, as transformers' `warmup_stable_decay` cools down.
 
     Checkpoints hold AutoDrop's tensors in `checkpoint-N/autodrop_state.pt` (with several processes, one
     `autodrop_state-rank{R}-of-{W}.pt` per process), written atomically before the Trainer writes the
@@ -468,12 +468,11 @@ class AutoDropCallback(TrainerCallback, ExportableState):
         start = self.autodrop.cooldown_start
         if report and start is not None:
             logger.info(
-                "AutoDrop: the run ends after %.6g intervals; unless a drop lands in its final %.3g (from interval "
-                "%d on) or the parameters still drift then, it starts that segment at a lower lr "
-                "(cooldown_fraction=%g; 0 turns it off).",
+                "AutoDrop: the run ends after %.6g intervals; over its final %.3g (from interval %d on) the lr "
+                "decays to its floor along 1 - sqrt (cooldown_fraction=%g; 0 turns it off).",
                 horizon,
                 self.config.cooldown_fraction,
-                start,
+                start + 1,
                 self.config.cooldown_fraction,
             )
 

@@ -45,6 +45,19 @@ def test_run_records_what_each_method_needs():
     assert len(multistep["curve"]) == TASK.epochs and multistep["to_best"] in range(1, TASK.epochs + 1)
 
 
+def test_wsd_and_autodrop_cool_down_the_same_final_fifth():
+    """The peers' WSD row is transformers' warmup_stable_decay (1 - sqrt over the last 20 %); AutoDrop's
+    default on a run that does not settle decays over the same segment, to its floor."""
+    wsd = run_one(TASK, Method("WSD", "wsd"), seed=0)
+    autodrop = run_one(TASK, Method("AutoDrop", "autodrop", autodrop={"growth_threshold": 1e-9}), seed=0)
+    # 5 epochs of 16 steps: the decay covers steps 65-80. The curve holds the lr set for the next step
+    # (WSD's for step 65 is the base lr; AutoDrop's is 1 - sqrt at the middle of its first interval).
+    for run in (wsd, autodrop):
+        lrs = [c["lr"] for c in run["curve"]]
+        assert lrs[:3] == [0.05] * 3 and 0.04 < lrs[3] <= 0.05 and lrs[4] < 1e-3 * 0.05 + 1e-12, run["method"]
+    assert not any(m["dropped"] for m in autodrop["autodrop"])
+
+
 def _runs(path):
     with gzip.open(path, "rt") as f:
         saved = json.load(f)

@@ -182,51 +182,92 @@ class TestDecisions:
         assert m.logs()["autodrop/statistic"] == m.statistic
 
 
+def _wsd_1_sqrt(step: float, total: int, fraction: float = 0.2, floor: float = 1e-3) -> float:
+    """transformers' warmup_stable_decay multiplier (no warm-up, 1-sqrt, min_lr_ratio `floor`) at `step`."""
+    from transformers.optimization import get_wsd_schedule
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    decay = round(fraction * total)
+    sched = get_wsd_schedule(opt, 0, decay, num_training_steps=total, decay_type="1-sqrt", min_lr_ratio=floor)
+    return sched.lr_lambdas[0](step)
+
+
+def _real_run(trajectory, every, horizon=None, construct_horizon=None, lr=0.1, **config):
+    """A real AutoDrop (lr changes applied) stepped every `every` steps; returns (step, measurement)s."""
+    p = torch.nn.Parameter(torch.from_numpy(trajectory[0]).float())
+    ad = AutoDrop([p], torch.optim.SGD([p], lr=lr), horizon=construct_horizon, **config)
+    if horizon is not None:
+        ad.set_horizon(horizon)
+    out = []
+    for s in range(every, len(trajectory), every):
+        with torch.no_grad():
+            p.copy_(torch.from_numpy(trajectory[s]))
+        out.append((s, ad.step()))
+    return out
+
+
 class TestCooldown:
-    """A run of known length starts its final `cooldown_fraction` at a lower lr unless the parameters drift."""
+    """A run of known length decays its lr to the floor over its final `cooldown_fraction`, along 1 - sqrt."""
 
-    @pytest.mark.parametrize("seed", [0, 1])
-    def test_a_diffusing_run_cools_down_at_the_same_step_at_four_intervals(self, seed):
-        path = _walk(1600, seed)
-        for every in (2, 4, 8, 16):
-            assert _first(_run(path, every)) is None  # never saturated: no drop without the run's length
-            run = _run(path, every, known_length=True)
-            drops = [s for s, m in run if m.dropped]
-            assert drops == [1440], (every, drops)  # 0.9 x 1600 steps, whatever the interval
-            trigger = _first(run)
-            # The averaging window before it is a quarter of the time at this lr, in steps (within an interval).
-            assert abs((1440 - trigger) - 0.25 * trigger) <= 2 * every, (every, trigger)
-            assert [m.cooldown for s, m in run] == [s >= trigger for s, _ in run]
-            assert run[-1][1].logs()["autodrop/cooldown"] == 1.0 and run[0][1].logs()["autodrop/cooldown"] == 0.0
+    @pytest.mark.parametrize("every", [1, 4, 16])
+    def test_the_decay_follows_wsd_1_sqrt_and_ends_at_the_floor(self, every):
+        path = _walk(1600, 0)  # never saturates: the decay is the only change of the lr
+        run = _real_run(path, every, horizon=1600 // every)
+        lr_during = [0.1] + [m.lrs[0] for _, m in run[:-1]]  # the lr each interval trained with
+        for (step, m), lr in zip(run, lr_during):
+            assert not (m.triggered or m.dropped)
+            # Once per interval, at the value 1 - sqrt takes in its middle (WSD's per-step lr there).
+            assert lr == pytest.approx(0.1 * _wsd_1_sqrt(step - every / 2, 1600), rel=1e-9, abs=1e-12), step
+            assert m.cooldown == (step >= 0.8 * 1600)
+        assert run[-1][1].lrs[0] == pytest.approx(1e-4)  # the floor (1e-3 x the initial lr) after the last step
+        assert run[-1][1].logs()["autodrop/cooldown"] == 1.0 and run[0][1].logs()["autodrop/cooldown"] == 0.0
 
-    @pytest.mark.parametrize("seed", [0, 1])
-    def test_a_drifting_run_is_not_cooled_down(self, seed):
-        # Drift dominates (D ~ t^2 at the scale of the run): the loss would still be falling fast.
-        path = _drift_in_noise(1600, seed, drift=0.05, noise=0.1)
-        for every in (4, 16):
-            run = _run(path, every, known_length=True)
-            assert not any(m.dropped or m.triggered or m.cooldown for _, m in run), every
+    def test_the_decay_starts_from_the_lr_in_force_and_respects_each_floor(self):
+        path = _walk(800, 1)
+        run = _real_run(path, 4, horizon=200, lr=0.1, min_lr=0.02)
+        assert run[-1][1].lrs[0] == pytest.approx(0.02)
+        assert min(m.lrs[0] for _, m in run) == pytest.approx(0.02)
 
-    def test_a_stationary_run_gets_no_extra_drop(self):
-        # The saturation test drops often enough by itself: a drop lands in the final segment, or one came
-        # too recently before it, and nothing is added. At most the last drop moves to the segment's start,
-        # when the wait after the previous drop (growth_min_phase) would have put it later.
+    def test_the_horizon_at_construction_equals_set_horizon(self):
+        path = _walk(800, 2)
+        told = _real_run(path, 4, horizon=200)
+        built = _real_run(path, 4, construct_horizon=200)
+        assert repr(told) == repr(built)
+        p = torch.nn.Parameter(torch.zeros(2))
+        with pytest.raises(ValueError, match="horizon"):
+            AutoDrop([p], torch.optim.SGD([p], lr=0.1), horizon=-1)
+
+    def test_a_settling_run_keeps_its_saturation_drops_before_the_segment(self):
+        # The saturation test drops where the run settles; the decay takes over in the final fifth only.
         path = _ou(2400, 5, relax=5.0, start=0.0)
-        free = [s for s, m in _run(path, 4) if m.dropped]
+        free = [s for s, m in _real_run(path, 4) if m.dropped]
         assert len(free) >= 4
-        moved = 0
-        for steps in (300, 400, 560, 1200, 2400):
-            known = [s for s, m in _run(path[: steps + 1], 4, known_length=True) if m.dropped]
-            expected = [d for d in free if d <= steps]
-            assert len(known) == len(expected) and known[:-1] == expected[:-1], steps
-            if known[-1] != expected[-1]:
-                moved += 1
-                assert known[-1] == 4 * math.ceil(0.9 * steps / 4) < expected[-1], steps
-        assert moved < 5
+        for steps in (560, 1200, 2400):
+            known = _real_run(path[: steps + 1], 4, horizon=steps // 4)
+            drops = [s for s, m in known if m.dropped]
+            before = [d for d in free if d <= 0.8 * steps]
+            # The same drops before the segment, and none inside it except an open window's at its start.
+            assert [d for d in drops if d <= 0.8 * steps] == before, steps
+            assert all(d <= 4 * math.ceil(0.8 * steps / 4) for d in drops), steps
+
+    def test_an_averaging_window_open_at_the_segment_drops_there(self):
+        path = _ou(2400, 5, relax=5.0, start=0.0)
+        free = _real_run(path, 4)
+        triggers = [s for s, m in free if m.triggered]
+        drops = [s for s, m in free if m.dropped]
+        # The first window of several intervals; the run's final fifth begins in its middle.
+        trigger, drop = next((t, d) for t, d in zip(triggers, drops) if d - t >= 24)
+        steps = 4 * math.ceil((trigger + drop) / 2 / 0.8 / 4)
+        run = _real_run(path[: steps + 1], 4, horizon=steps // 4)
+        start = 4 * (math.floor(0.8 * steps / 4 - 0.5) + 1)  # the first interval whose end sets a decayed lr
+        assert trigger < start < drop
+        assert [s for s, m in run if m.triggered] == [t for t in triggers if t < start]
+        assert [s for s, m in run if m.dropped] == [d for d in drops if d < start] + [start]
 
     def test_off_without_a_length_with_zero_fraction_and_for_the_omega_tests(self):
         path = _walk(800, 2)
-        assert not any(m.dropped for _, m in _run(path, 4, known_length=True, cooldown_fraction=0.0))
+        assert all(m.lrs[0] == 0.1 for _, m in _real_run(path, 4, horizon=200, cooldown_fraction=0.0))
+        assert all(m.lrs[0] == 0.1 for _, m in _real_run(path, 4))
         p = torch.nn.Parameter(torch.zeros(4))
         for detector in ("paper", "trend"):
             ad = AutoDrop([p], torch.optim.SGD([p], lr=0.1), detector=detector)
@@ -235,7 +276,7 @@ class TestCooldown:
         ad = AutoDrop([p], torch.optim.SGD([p], lr=0.1))
         assert ad.cooldown_start is None
         ad.set_horizon(100)
-        assert ad.cooldown_start == 90
+        assert ad.cooldown_start == 80
         for bad in (0, -3, "100", math.nan, math.inf, True):
             with pytest.raises(ValueError, match="horizon"):
                 ad.set_horizon(bad)
@@ -243,12 +284,11 @@ class TestCooldown:
             with pytest.raises(ValueError, match="cooldown_fraction"):
                 AutoDropConfig(cooldown_fraction=bad)
 
-    @pytest.mark.parametrize("stop", [130, 160, 190])  # before the trigger, while averaging, after the drop
-    def test_state_round_trip_carries_the_length_and_the_cooldown(self, stop):
+    @pytest.mark.parametrize("stop", [130, 160, 170, 199])  # before the segment, at its start, inside, last
+    def test_resume_from_inside_the_decay_is_exact(self, stop):
         path = _walk(800, 3)
-        straight = _run(path, 4, known_length=True, dry_run=False)
-        assert [s for s, m in straight if m.dropped] == [720]
-        assert _first(straight) == 4 * 144  # 144 + 0.25 x 144 = 180 intervals: the segment starts
+        straight = _real_run(path, 4, horizon=200)
+        assert [m.cooldown for _, m in straight].index(True) == 159  # interval 160 sets the first decayed lr
         _, twin, rest = _resumed(path, stop, horizon=200)
         assert twin.horizon == 200  # the twin was not told the length: the state carries it
         assert repr(rest) == repr([m for _, m in straight[stop:]])
