@@ -159,7 +159,9 @@ def run_one(task: TaskSpec, method: Method, seed: int, lr: float | None = None) 
         "plateau": "reduce_lr_on_plateau",
     }.get(method.kind, "constant")
     # WSD as the peers issue defines it: no warm-up, 1 - sqrt over the last 20 % of the steps, to 0.
-    schedule_kwargs = {"num_decay_steps": round(WSD_FRACTION * total), "decay_type": "1-sqrt"} if method.kind == "wsd" else {}
+    schedule_kwargs = (
+        {"num_decay_steps": round(WSD_FRACTION * total), "decay_type": "1-sqrt"} if method.kind == "wsd" else {}
+    )
 
     curve: list[dict] = []
     eval_time = [0.0]

@@ -88,7 +88,11 @@ class AutoDropConfig:
             along 1 - sqrt of the segment's progress, the cooldown of transformers'
             `warmup_stable_decay` schedule. Before it the saturation test drops the lr where the run
             settles; inside it the decay alone sets the lr (an averaging window still open when it
-            begins drops at once). 0 turns it off. The omega tests (`"paper"`, `"trend"`) never cool down.
+            begins drops at once). The segment is also the shortest time scale a saturation drop is
+            judged on: no drop triggers before `cooldown_fraction` of the run has passed since the start
+            or the last drop (an early stall, as AdamW's first hundred steps can show, is not saturation;
+            the decay anneals on that scale anyway). 0 turns both off. The omega tests (`"paper"`,
+            `"trend"`) never cool down.
         interval_steps (`int` or `None`, defaults to `None`):
             `None`: with the `"growth"` test, every `auto_interval_steps(max_steps)` optimizer updates
             (about 300 intervals per run, logged); with the omega tests once per epoch, or, when

@@ -151,7 +151,9 @@ class AutoDrop:
         decaying = self._cooldown.progress(s.interval) is not None
         triggered = dropped = exhausted = False
         if s.phase == MONITOR:
-            if finite and statistic < tolerance and not decaying:  # False while the statistic is undefined (NaN)
+            # False while the statistic is undefined (NaN), inside the decay, and, in a run of known length,
+            # before the phase has lasted as long as the final segment (a transient stall is not saturation).
+            if finite and statistic < tolerance and not decaying and t >= self._cooldown.shortest_phase:
                 triggered = True
                 self._begin_averaging(norm_sq)
         elif finite and not self._absurd(norm_sq):

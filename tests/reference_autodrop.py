@@ -2,7 +2,7 @@
 
 Sources: the paper's test (`detector="paper"`) and the phase machine follow the spec
 (`autodrop-spec.md`: monitor -> averaging -> drop, bit for bit); the growth test (the default), the
-trend test, the averaging length and the end-of-run cooldown follow the README ("How AutoDrop
+trend test, the averaging length and the end-of-run decay follow the README ("How AutoDrop
 decides", "The algorithm", "Reliability": the spikes left out of the average), docs/architecture.md
 and the `AutoDropConfig` docstrings. Nothing here comes from `hf_autodrop.detectors` or the
 controller: the twin keeps every angle since the last reset, every snapshot of the averaging window
@@ -13,38 +13,28 @@ report the same statistics and reach the same parameters.
 
 Where the documents are silent, the twin makes these choices (each one a place the fast code could
 differ without a document saying which is right):
-- the final segment of a run of `horizon` intervals starts at interval `ceil((1 - cooldown_fraction) *
-  horizon)`;
-- a cooldown whose growth exponent is undefined (too few measurements in the window) is not due;
-- a cooldown whose drop would land at or after the run's last interval (`horizon`) is not due;
 - an averaging window triggered by an interval that did not move has no length to compare spikes with:
   nothing is left out of it but NaN/Inf intervals.
 
 Where the documents say otherwise, the twin follows the controller (marked "differs from the docs" below),
 so that the comparison stays green while the docs or the code are settled:
 - a zero displacement carries no information, "no trigger" (README "The algorithm"), yet the growth test's
-  statistic is defined at such an interval (D is finite) and triggers there;
-- the cooldown's drop "lands where the segment starts", yet with `drop_delay=0` its window is one interval
-  (the drop lands one interval after the start), and a cooldown whose exponent reaches 1.5 only inside
-  the segment still triggers there (averaging one interval), rather than being skipped.
+  statistic is defined at such an interval (D is finite) and triggers there.
 Not modelled: the growth test thins its window to every other sample beyond 2048 of them (t > ~4096
 intervals since the anchor); the twin always fits every measurement of [t/2, t].
 
-The end-of-run policy is one function, `cooldown_due` (with `segment_start`), so that another
+The end of a run of known length is two functions, `decay_progress` and `shortest_phase`, so that another
 policy replaces it in one place.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import torch
 
 from hf_autodrop import AutoDropConfig
 
-# README "How AutoDrop decides": no cooldown while the parameters still drift, growth exponent 1.5 or more.
-DRIFT_EXPONENT = 1.5
 # README "The algorithm": with `drop_delay=None` the omega tests average over the paper's n_d = 20 intervals.
 OMEGA_DROP_DELAY = 20
 # README "Reliability": inside an averaging window, an interval whose displacement is more than this many
@@ -96,51 +86,31 @@ def reference_growth_exponent(samples: list[tuple[int, float]]) -> float:
     return torch.linalg.lstsq(design, log_d.unsqueeze(1)).solution[1, 0].item()
 
 
-# ---------------------------------------------------------------------- the end-of-run cooldown
-def segment_start(horizon: float | None, fraction: float) -> int | None:
-    """The interval at which the final segment (the run's last `fraction`) starts; None without one."""
+# ---------------------------------------------------------------------- the end of a run of known length
+def decay_progress(interval: int, horizon: float | None, fraction: float) -> float | None:
+    """`AutoDropConfig.cooldown_fraction`: over the run's last `fraction` the lr decays along 1 - sqrt of the
+    segment's progress, set once per interval at the value in the middle of the next interval. Returns that
+    progress in [0, 1] for the interval after `interval`, or None before the segment (or without one)."""
     if horizon is None or fraction == 0:
         return None
-    return math.ceil((1 - fraction) * horizon)
+    begin = (1 - fraction) * horizon
+    if interval + 0.5 <= begin:
+        return None
+    return min(1.0, (interval + 0.5 - begin) / (horizon - begin))
 
 
-def cooldown_due(
-    *,
-    interval: int,
-    anchor_interval: int,
-    horizon: float | None,
-    fraction: float,
-    usual: int,
-    exponent: Callable[[], float],
-    done: bool,
-) -> tuple[int | None, str]:
-    """README "How AutoDrop decides": the last `fraction` of a run of known length starts at a lower lr.
-    The parameters are averaged over the usual window before the segment (`usual` intervals, a quarter of
-    the time since the anchor by default) and the drop lands where the segment starts.
+def shortest_phase(horizon: float | None, fraction: float) -> float:
+    """`AutoDropConfig.cooldown_fraction`: no drop triggers before `fraction` of the run has passed since the
+    start or the last drop (0 without a horizon or a cooldown)."""
+    if horizon is None or fraction == 0:
+        return 0.0
+    return fraction * horizon
 
-    Asked at every monitor interval that did not trigger on saturation. Returns (the averaging length of
-    the cooldown when it triggers now, else None; why, for the tests' coverage count).
-    """
-    start = segment_start(horizon, fraction)
-    if start is None:
-        return None, "no horizon"
-    if done:
-        return None, "done"  # at most one per run; a drop that landed inside the segment counts as it
-    if start - anchor_interval < fraction * horizon:
-        return None, "lr too recent"  # the current lr began less than one segment before the segment
-    if interval + usual < start:
-        return None, "not yet"  # a usual window from here would end before the segment starts
-    # The window ends where the segment starts; differs from the docs: at least one interval (drop_delay=0
-    # still averages two snapshots), and one interval once the segment has begun (a late trigger).
-    length = max(1, min(usual, start - interval))
-    if interval + length >= horizon:
-        return None, "run ends"  # the drop would land at or after the run's last interval
-    value = exponent()
-    if math.isnan(value):
-        return None, "undefined"  # too few measurements to tell whether the parameters still drift
-    if value >= DRIFT_EXPONENT:
-        return None, "drifting"  # still drifting: a drop would only slow the loss down
-    return length, "due"
+
+def decayed_lr(start: float, floor: float, progress: float) -> float:
+    """From the lr in force when the decay began (`start`) to the floor along 1 - sqrt; an lr at or below
+    its floor stays."""
+    return floor + (start - floor) * (1.0 - math.sqrt(progress)) if start > floor else start
 
 
 # ---------------------------------------------------------------------- the phase machine
@@ -174,10 +144,9 @@ class ReferenceAutoDrop:
         self.snapshots: list[torch.Tensor] = []
         self.averaging_length = 0
         self.trigger_norm_sq = 0.0
-        self.cooled = False  # the cooldown was triggered, or a drop landed in the final segment
-        self.cooling = False  # the current averaging window is the cooldown's
-        self.cooldown_trigger: int | None = None  # the interval at which the cooldown triggered
-        self.cooldown_reasons: list[str] = []  # cooldown_due's answer at every interval it was asked
+        self.cooled = False  # the decay has begun
+        self.decay_from: list[float] | None = None  # every group's lr when the decay began
+        self.withheld = 0  # monitor intervals whose statistic was below the tolerance in too short a phase
         self.spikes = 0  # intervals left out of an averaging window for their length
 
     def resync(self, x: torch.Tensor) -> None:
@@ -259,31 +228,20 @@ class ReferenceAutoDrop:
         tolerance = self.tolerance()  # as it stood before this interval
         triggered = dropped = exhausted = cooldown_drop = False
 
+        # The growth test alone cools down; inside the final segment the decay alone sets the lr.
+        fraction = cfg.cooldown_fraction if cfg.detector == "growth" else 0.0
+        progress = decay_progress(self.interval, self.horizon, fraction)
+        decaying = progress is not None
         if self.phase == "monitor":
-            length = None
             # False whenever the statistic is undefined (NaN). Differs from the docs ("a zero displacement: no
             # trigger"): the growth test can trigger at an interval that did not move.
-            if finite and statistic < tolerance:
-                length = self.averaging_intervals(t)
-            elif finite and cfg.detector == "growth":  # the omega tests never cool down
-                length, why = cooldown_due(
-                    interval=self.interval,
-                    anchor_interval=self.anchor_interval,
-                    horizon=self.horizon,
-                    fraction=cfg.cooldown_fraction,
-                    usual=self.averaging_intervals(t),
-                    exponent=lambda: self.growth_exponent(t),
-                    done=self.cooled,
-                )
-                self.cooldown_reasons.append(why)
-                self.cooling = length is not None
-                if self.cooling:
-                    self.cooldown_trigger = self.interval
-                self.cooled = self.cooled or self.cooling
-            if length is not None:
-                triggered = True
-                self.phase, self.averaging_length = "averaging", length
-                self.snapshots, self.trigger_norm_sq = [x], (s @ s).item()
+            if finite and statistic < tolerance and not decaying:
+                if t >= shortest_phase(self.horizon, fraction):
+                    triggered = True
+                    self.phase, self.averaging_length = "averaging", self.averaging_intervals(t)
+                    self.snapshots, self.trigger_norm_sq = [x], (s @ s).item()
+                else:
+                    self.withheld += 1
         elif finite:
             norm_sq = (s @ s).item()
             spike = self.trigger_norm_sq > 0 and math.sqrt(norm_sq) > SPIKE_RATIO * math.sqrt(self.trigger_norm_sq)
@@ -292,8 +250,9 @@ class ReferenceAutoDrop:
             else:
                 self.snapshots.append(x)
 
-        if self.phase == "averaging" and len(self.snapshots) == self.averaging_length + 1:
-            dropped = True
+        # A window still open when the decay begins drops at once, with the snapshots averaged so far.
+        if self.phase == "averaging" and (len(self.snapshots) == self.averaging_length + 1 or decaying):
+            dropped, cooldown_drop = True, decaying
             k = len(self.snapshots)
             average = sum(j * x_j for j, x_j in enumerate(self.snapshots, start=1)) / (k * (k + 1) / 2)
             if not cfg.dry_run:
@@ -305,16 +264,16 @@ class ReferenceAutoDrop:
             ]
             self.threshold = min(cfg.max_threshold, self.threshold / cfg.drop_factor)
             self.num_drops += 1
-            start = segment_start(self.horizon, cfg.cooldown_fraction) if cfg.detector == "growth" else None
-            if start is not None and self.interval >= start:
-                self.cooled = True  # a drop landed in the final segment: no cooldown is added
-            cooldown_drop, self.cooling = self.cooling, False
             self.phase, self.snapshots = "monitor", []
             self.previous_phase = t
             self.anchor, self.anchor_interval, self.distances = x.clone(), self.interval, []
             self.prev_x, self.prev_s, self.angles = x.clone(), None, []
         else:
             self.prev_x, self.prev_s = x, s
+        if decaying:
+            if self.decay_from is None:
+                self.cooled, self.decay_from = True, list(self.lrs)
+            self.lrs = [decayed_lr(lr, floor, progress) for lr, floor in zip(self.decay_from, self.floors)]
 
         decision = {
             "interval": self.interval,
@@ -331,6 +290,6 @@ class ReferenceAutoDrop:
             "since_anchor": t,  # as measured: a drop's interval still reports the phase it ended
             "distance_sq": distance,
             "cooldown": self.cooled,
-            "cooldown_drop": cooldown_drop,  # this drop ends the cooldown's averaging window
+            "cooldown_drop": cooldown_drop,  # the decay's start cut this drop's averaging window short
         }
         return decision, x, list(self.lrs)

@@ -92,3 +92,21 @@ def test_charlm_quick_study(tmp_path):
     assert [m["step"] for m in constant["autodrop"]] == list(range(5, 41, 5))
     assert [c["step"] for c in constant["curve"]] == [10, 20, 30, 40]
     assert constant["final"] < 7.0  # below a uniform guess over 128 characters (7 bits)
+
+
+def test_peer_quick_study(tmp_path):
+    from experiments import peer_study
+
+    report = open(peer_study.main(["--quick", "--tasks", "digits_bn", "--out", str(tmp_path)])).read()
+    assert "## Summary: AutoDrop against WSD" in report and "### digits_bn@4ep" in report
+    runs = _runs(tmp_path / "peers_runs.json.gz")
+    assert {r["method"] for r in runs} == {m.name for m in peer_study.methods(10.0)}
+    wsd = next(r for r in runs if r["method"] == peer_study.WSD)
+    autodrop = next(r for r in runs if r["method"] == peer_study.AUTODROP)
+    off = next(r for r in runs if r["method"] == peer_study.NO_COOLDOWN)
+    # WSD and AutoDrop's decay end at a small lr; without the decay AutoDrop keeps its lr (no drop in 4 epochs).
+    assert wsd["curve"][-1]["lr"] < 0.01 * wsd["lr"] and autodrop["curve"][-1]["lr"] < 0.01 * autodrop["lr"]
+    assert not any(m["dropped"] for m in off["autodrop"]) and off["curve"][-1]["lr"] == off["lr"]
+    summary = report.split("## Summary")[1].split("## Every method")[0]
+    assert f"| digits_bn@4ep | {peer_study.AUTODROP} |" in summary
+    assert (tmp_path / "peers_digits_bn.png").stat().st_size > 10_000

@@ -239,25 +239,45 @@ class TestCooldown:
 
     def test_a_settling_run_keeps_its_saturation_drops_before_the_segment(self):
         # The saturation test drops where the run settles; the decay takes over in the final fifth only.
-        path = _ou(2400, 5, relax=5.0, start=0.0)
-        free = [s for s, m in _real_run(path, 4) if m.dropped]
-        assert len(free) >= 4
-        for steps in (560, 1200, 2400):
+        path = _ou(2400, 0)  # relaxes for ~200 steps, then sits in its noise: phases longer than a fifth of the run
+        free = _real_run(path, 4)
+        free_drops = [s for s, m in free if m.dropped]
+        assert len(free_drops) >= 3
+        for steps in (560, 900):  # every phase of the free run is longer than a fifth of these
             known = _real_run(path[: steps + 1], 4, horizon=steps // 4)
             drops = [s for s, m in known if m.dropped]
-            before = [d for d in free if d <= 0.8 * steps]
-            # The same drops before the segment, and none inside it except an open window's at its start.
-            assert [d for d in drops if d <= 0.8 * steps] == before, steps
-            assert all(d <= 4 * math.ceil(0.8 * steps / 4) for d in drops), steps
+            start = 4 * (math.floor(0.8 * steps / 4 - 0.5) + 1)  # the first interval whose end sets a decayed lr
+            before = [d for d in free_drops if d < start]
+            assert before and [d for d in drops if d < start] == before, steps
+            assert all(d <= start for d in drops), steps  # inside the segment only an open window's, at its start
+
+    def test_no_drop_judged_on_less_than_the_final_segment(self):
+        # A run that sits still from the start: without a length the test drops within a few dozen steps;
+        # with one, no phase (from the start or a drop to the next trigger) is shorter than a fifth of the run.
+        path = _ou(2400, 5, relax=5.0, start=0.0)
+        free = [s for s, m in _real_run(path, 4) if m.triggered]
+        steps = 2400
+        shortest = 0.2 * steps  # in steps
+        assert free[0] < shortest
+        run = _real_run(path, 4, horizon=steps // 4)
+        triggers = [s for s, m in run if m.triggered]
+        drops = [s for s, m in run if m.dropped]
+        assert len([d for d in drops if d < 0.8 * steps]) >= 2
+        for anchor, trigger in zip([0] + drops, triggers):
+            assert trigger - anchor >= shortest
+        # The first trigger is the first interval from there on whose statistic is below the tolerance.
+        due = [s for s, m in run if s >= shortest and m.statistic < m.tolerance]
+        assert triggers[0] == due[0]
 
     def test_an_averaging_window_open_at_the_segment_drops_there(self):
-        path = _ou(2400, 5, relax=5.0, start=0.0)
+        path = _ou(2400, 0)
         free = _real_run(path, 4)
         triggers = [s for s, m in free if m.triggered]
         drops = [s for s, m in free if m.dropped]
         # The first window of several intervals; the run's final fifth begins in its middle.
         trigger, drop = next((t, d) for t, d in zip(triggers, drops) if d - t >= 24)
         steps = 4 * math.ceil((trigger + drop) / 2 / 0.8 / 4)
+        assert trigger >= 0.2 * steps  # the phase is long enough to be judged
         run = _real_run(path[: steps + 1], 4, horizon=steps // 4)
         start = 4 * (math.floor(0.8 * steps / 4 - 0.5) + 1)  # the first interval whose end sets a decayed lr
         assert trigger < start < drop

@@ -75,7 +75,7 @@ def test_the_readme_has_the_python_blocks_it_promises():
     codes = [code for code, _ in _python_blocks()]
     assert len(codes) >= 2
     assert any("Trainer(" in c and "AutoDropCallback" in c for c in codes)
-    assert any("AutoDrop(" in c and "set_horizon(" in c for c in codes)
+    assert any("AutoDrop(" in c and "horizon=" in c for c in codes)
 
 
 # What the Trainer example's run left behind, printed after the example's own code (its log rows, compactly).

@@ -1,7 +1,7 @@
 """The fast AutoDrop against the slow float64 twin written from its documentation, on random trajectories.
 
 Every test of saturation ("growth", "paper", "trend") runs random configurations on random trajectories,
-with and without a known run length (the cooldown); AutoDrop and the twin are driven with the same
+with and without a known run length (the end-of-run decay); AutoDrop and the twin are driven with the same
 trajectory, interval by interval, and must agree after every interval: the decisions and the phase
 exactly, the tolerance exactly, the statistic and the angle to float32 precision (AutoDrop sums float32
 products), the learning rates and the parameters (the averages AutoDrop writes back).
@@ -17,7 +17,7 @@ import torch
 
 from hf_autodrop import AutoDrop, AutoDropConfig
 
-from .reference_autodrop import ReferenceAutoDrop, reference_growth_exponent, reference_trend_drift, segment_start
+from .reference_autodrop import ReferenceAutoDrop, decay_progress, reference_growth_exponent, reference_trend_drift
 
 SHAPES = [(7, 5), (13,), (3, 2, 4), (1,), (40,)]
 LRS = [0.1, 0.003]  # two param groups: SHAPES[:2] and SHAPES[2:]
@@ -160,9 +160,9 @@ def _case(detector: str, seed: int):
     if detector == "cooldown":
         cfg = AutoDropConfig(dry_run=seed % 3 == 1, average_buffers=False)
         trajectory = _Landscape("drift-then-still", g)
-        # The segment starts at 90: the exponent falls below 1.5 before it (the window shrinks towards it),
-        # or only after it (the cooldown triggers inside the segment).
-        trajectory.switch = 66 + 2 * seed
+        # The segment starts at 80: the parameters stop drifting before it (a saturation drop first, or a
+        # window the decay cuts short) or only inside it (the decay alone).
+        trajectory.switch = 50 + 5 * seed
         return cfg, trajectory, 100.0 if seed % 2 else 99.5, g
     cfg = _config(detector, g)
     if detector == "growth" or seed % 4 == 3:
@@ -213,12 +213,12 @@ def _run(detector: str, seed: int) -> dict[str, int]:
     ref = ReferenceAutoDrop(_flat(params), LRS, cfg, horizon=horizon)
     if horizon is not None:
         fast.set_horizon(horizon)
-    start = segment_start(horizon, cfg.cooldown_fraction)
+    fraction = cfg.cooldown_fraction if detector == "growth" else 0.0
+    seen = dict.fromkeys(("triggered", "dropped", "exhausted", "dry drop", "nan angle", "second drop"), 0)
+    seen.update(dict.fromkeys(("decaying", "window cut by the decay", "drop before the decay"), 0))
     prev_angle = math.nan
     fast_angles = []  # AutoDrop's angles since the reset (from the second interval on)
     fast_distances = []  # AutoDrop's (since_anchor, distance_sq) since its anchor
-    seen = dict.fromkeys(("triggered", "dropped", "exhausted", "dry drop", "nan angle", "second drop"), 0)
-    seen.update(dict.fromkeys(("cooldown drop", "cooldown inside the segment", "saturation drop in the segment"), 0))
     for interval in range(1, INTERVALS + 1):
         # The trajectory answers the lr AutoDrop set (the optimizer's; the twin's in a dry run, where the
         # optimizer keeps its lr): a smaller lr moves the parameters less.
@@ -231,7 +231,6 @@ def _run(detector: str, seed: int) -> dict[str, int]:
                 p.copy_(x[offset : offset + p.numel()].view_as(p))
                 offset += p.numel()
         x_t = _flat(params)  # before fast.step(), which may write the average into the parameters
-        was_cooled = ref.cooled
         m = fast.step()
         d, ref_x, ref_lrs = ref.step(x_t)
         where = f"interval {interval}: fast {m}, twin {d}"
@@ -287,14 +286,12 @@ def _run(detector: str, seed: int) -> dict[str, int]:
         seen["exhausted"] += m.exhausted
         seen["dry drop"] += m.dropped and cfg.dry_run
         seen["nan angle"] += math.isnan(m.angle)
-        seen["cooldown drop"] += d["cooldown_drop"]
-        seen["cooldown inside the segment"] += d["cooldown_drop"] and ref.cooldown_trigger > start
-        seen["saturation drop in the segment"] += (
-            m.dropped and not d["cooldown_drop"] and start is not None and interval >= start and not was_cooled
-        ) and detector == "growth"
+        decaying = decay_progress(interval, horizon, fraction) is not None
+        seen["decaying"] += decaying
+        seen["window cut by the decay"] += d["cooldown_drop"]
+        seen["drop before the decay"] += m.dropped and not decaying and horizon is not None and fraction > 0
     assert fast.num_drops == ref.num_drops
-    reasons = ref.cooldown_reasons
-    seen.update({f"cooldown: {why}": reasons.count(why) for why in set(reasons)})
+    seen["trigger withheld: phase too short"] = ref.withheld
     seen["spike left out"] = ref.spikes
     return seen
 
@@ -302,18 +299,19 @@ def _run(detector: str, seed: int) -> dict[str, int]:
 @pytest.mark.parametrize(("detector", "seed"), [(d, seed) for d, seeds in SEEDS.items() for seed in seeds])
 def test_autodrop_matches_twin(detector, seed):
     """Every test of saturation on its random cases ("cooldown": the growth test on runs that stop drifting
-    shortly before or after the final segment starts)."""
+    before or after the final segment starts)."""
     seen = _run(detector, seed)
     if detector in ("paper", "trend"):  # the omega tests never cool down
-        assert not any(name.startswith("cooldown") and n for name, n in seen.items()), seen
+        assert not seen["decaying"] and not seen["window cut by the decay"], seen
+        assert not seen["trigger withheld: phase too short"], seen
     if detector == "cooldown":
-        assert seen["cooldown drop"] == 1, seen
+        assert seen["decaying"] == INTERVALS - 79, seen  # from interval 80 of 100 (or 99.5) to the end
 
 
 def test_trajectories_exercise_every_branch():
     """The random cases above reach triggers, drops, floors, dry runs, undefined angles, spikes left out of
-    the average, the cooldown (on time and late) and each rule that skips it, so that the comparisons can
-    fail. Reads the counts of the runs above (runs them when this test runs alone)."""
+    the average, the end-of-run decay (from a dropped lr, cutting a window short) and triggers withheld in
+    too short a phase, so that the comparisons can fail. Reads the counts of the runs above (runs them when this test runs alone)."""
     totals: dict[str, dict[str, int]] = {}
     for detector, seeds in SEEDS.items():
         for seed in seeds:
@@ -324,6 +322,5 @@ def test_trajectories_exercise_every_branch():
     for detector in ("growth", "paper", "trend"):
         assert all(totals[detector][name] > 0 for name in every_test), (detector, totals[detector])
     growth = {name: totals["growth"].get(name, 0) + totals["cooldown"].get(name, 0) for name in totals["growth"]}
-    cooldown = ("cooldown drop", "cooldown inside the segment", "saturation drop in the segment")
-    skips = ("cooldown: lr too recent", "cooldown: run ends", "cooldown: drifting", "cooldown: undefined")
-    assert all(growth.get(name, 0) > 0 for name in cooldown + skips), growth
+    end = ("decaying", "window cut by the decay", "drop before the decay", "trigger withheld: phase too short")
+    assert all(growth.get(name, 0) > 0 for name in end), growth

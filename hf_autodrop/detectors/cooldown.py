@@ -17,6 +17,12 @@ from __future__ import annotations
 
 import math
 
+# The shortest phase a saturation drop may end, as a multiple of the final segment's length: the whole
+# segment (a fifth of the run at the default cooldown_fraction). Chosen by measurement
+# (docs/how-it-decides.md): half of it let AdamW's early stall drop a 3-epoch run (twice WSD's final
+# loss); on the NQM the whole segment costs long runs some later drops and still beats WSD several-fold.
+SHORTEST_PHASE = 1.0
+
 
 class Cooldown:
     """When the run's final segment begins, and the lr scales it sets at each interval in it.
@@ -37,6 +43,16 @@ class Cooldown:
         ):
             raise ValueError(f"horizon must be a positive finite number of intervals or None, got {intervals!r}")
         self.horizon = None if intervals is None else float(intervals)
+
+    @property
+    def shortest_phase(self) -> float:
+        """The fewest intervals after the start or a drop before a saturation test may trigger: the final
+        segment's length times `SHORTEST_PHASE` (0 without a horizon or a cooldown). A stall on a shorter
+        time scale (AdamW's first hundred steps can show one) is not told from saturation with any
+        confidence, and the decay anneals on that scale anyway."""
+        if self.horizon is None or not self.fraction:
+            return 0.0
+        return SHORTEST_PHASE * self.fraction * self.horizon
 
     @property
     def _segment_start(self) -> float | None:
