@@ -40,16 +40,18 @@ IN_SAVE = (
     "rotate",  # half of an old checkpoint's files deleted (save_total_limit)
 )
 VARIANTS = {
-    # The default config: measured every few steps, with the end-of-run cooldown in the last tenth.
-    # lr 0.5: the run saturates late, so its cooldown (averaging from step 35, the drop at 44) ends it.
-    "growth": dict(config={}, save_total_limit=None, learning_rate=0.5),
+    # The growth test at the automatic interval (one step here), with the end-of-run decay over the last
+    # fifth (from step 38). The 48 steps never saturate at the default growth_threshold; at 1.9 (drift
+    # slowing down counts) it triggers at step 19 and drops at 24, so the kills land in an averaging
+    # window, after a drop and inside the decay.
+    "growth": dict(config=dict(growth_threshold=1.9), save_total_limit=None),
     # The paper's test with a threshold every change passes: triggers, averaging windows and drops early,
     # and old checkpoints deleted as it goes.
     "paper": dict(
         config=dict(detector="paper", threshold=180.0, max_threshold=180.0, drop_delay=2, interval_steps=2),
         save_total_limit=2,
     ),
-    "ddp": dict(config={}, save_total_limit=None, learning_rate=0.5),
+    "ddp": dict(config=dict(growth_threshold=1.9), save_total_limit=None),
 }
 
 
