@@ -1,4 +1,5 @@
-"""The demo is the project's main job: it must run offline and show real drops with its embedded defaults."""
+"""The demo is the project's main job: it must run offline and show what its embedded defaults do (on its augmented
+task: no saturation drop, the end-of-run decay)."""
 
 import json
 import subprocess
