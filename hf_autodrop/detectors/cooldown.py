@@ -34,7 +34,6 @@ class Cooldown:
     def __init__(self, fraction: float):
         self.fraction = fraction
         self.horizon: float | None = None  # the run's length in intervals, when known
-        self.cooled = False  # the decay has begun
         self.start_scales: list[float] | None = None  # every group's lr scale when the decay began
 
     def set_horizon(self, intervals: float | None) -> None:
@@ -43,6 +42,11 @@ class Cooldown:
         ):
             raise ValueError(f"horizon must be a positive finite number of intervals or None, got {intervals!r}")
         self.horizon = None if intervals is None else float(intervals)
+
+    @property
+    def cooled(self) -> bool:
+        """The decay has begun (its start scales are recorded)."""
+        return self.start_scales is not None
 
     @property
     def shortest_phase(self) -> float:
@@ -87,7 +91,6 @@ class Cooldown:
         if p is None:
             return None
         if self.start_scales is None:
-            self.cooled = True
             self.start_scales = list(current)
         shape = 1.0 - math.sqrt(p)
         return [f + (s - f) * shape if s > f else s for s, f in zip(self.start_scales, floors)]
@@ -98,6 +101,5 @@ class Cooldown:
     def load_state_dict(self, state: dict) -> None:
         horizon = state.get("horizon")
         self.horizon = None if horizon is None else float(horizon)
-        self.cooled = bool(state.get("cooled", False))
         scales = state.get("cooldown_scales")
         self.start_scales = None if scales is None else [float(s) for s in scales]
