@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import platform
@@ -11,6 +12,8 @@ from importlib import metadata
 from pathlib import Path
 
 import torch
+
+from hf_autodrop.measurement import Measurement
 
 from .recipe import Recipe
 
@@ -205,15 +208,10 @@ def summarize(
     """
     evals = [h for h in log_history if "eval_top1_error" in h]
     losses = [h for h in log_history if "loss" in h and "epoch" in h]
-    if measurements is not None:
+    if measurements is not None:  # each record as the log row it would make (Measurement.logs())
+        fields = {f.name for f in dataclasses.fields(Measurement)}
         angles = [
-            {
-                "epoch": m["epoch"],
-                "autodrop/angle": m["angle"],
-                "autodrop/angle_change": m["angle_change"],
-                "autodrop/threshold": m["tolerance"],
-                "autodrop/phase": m["phase"],
-            }
+            {"epoch": m["epoch"], **Measurement(**{k: v for k, v in m.items() if k in fields}).logs()}
             for m in measurements
         ]
     else:
