@@ -14,7 +14,6 @@ same constant lr, same seeds).
 from __future__ import annotations
 
 import argparse
-import math
 
 import numpy as np
 
@@ -29,9 +28,14 @@ LR = 0.06
 
 
 def wsd(steps: int, fraction: float = 0.2):
-    """The lr of transformers' `warmup_stable_decay` (no warm-up, 1 - sqrt, to 0) at each 0-based step."""
-    decay = round(fraction * steps)
-    return lambda t: LR * (1 - math.sqrt(min(1.0, (t - (steps - decay)) / decay))) if t >= steps - decay else LR
+    """The lr of transformers' `warmup_stable_decay` (no warm-up, 1 - sqrt to 0 over the last `fraction`) at
+    each 0-based step: the scheduler's own multiplier, as the Trainer applies it."""
+    import torch
+    from transformers.optimization import get_wsd_schedule
+
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=LR)
+    schedule = get_wsd_schedule(optimizer, 0, round(fraction * steps), num_training_steps=steps, decay_type="1-sqrt")
+    return lambda t: LR * schedule.lr_lambdas[0](t)
 
 
 def main(argv: list[str] | None = None) -> str:

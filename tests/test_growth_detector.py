@@ -14,6 +14,8 @@ import torch
 from hf_autodrop import AutoDrop, AutoDropConfig
 from hf_autodrop.detectors import growth_exponent, growth_window_start
 
+from .helpers import wsd_multiplier
+
 DIM = 400
 
 
@@ -44,16 +46,8 @@ def _walk(steps, seed, noise=0.5):
 def _run(trajectory, every, known_length=False, **config):
     """Steps AutoDrop every `every` steps of the trajectory (row 0: the start); returns (step, measurement)s.
     `known_length`: AutoDrop is told the run's length (`set_horizon`), as the Trainer callback does."""
-    p = torch.nn.Parameter(torch.from_numpy(trajectory[0]).float())
-    ad = AutoDrop([p], torch.optim.SGD([p], lr=0.1), **{"dry_run": True, **config})
-    if known_length:
-        ad.set_horizon((len(trajectory) - 1) // every)
-    out = []
-    for s in range(every, len(trajectory), every):
-        with torch.no_grad():
-            p.copy_(torch.from_numpy(trajectory[s]))
-        out.append((s, ad.step()))
-    return out
+    horizon = (len(trajectory) - 1) // every if known_length else None
+    return _real_run(trajectory, every, horizon=horizon, **{"dry_run": True, **config})
 
 
 def _resumed(trajectory, stop, horizon=None):
@@ -182,16 +176,6 @@ class TestDecisions:
         assert m.logs()["autodrop/statistic"] == m.statistic
 
 
-def _wsd_1_sqrt(step: float, total: int, fraction: float = 0.2, floor: float = 1e-3) -> float:
-    """transformers' warmup_stable_decay multiplier (no warm-up, 1-sqrt, min_lr_ratio `floor`) at `step`."""
-    from transformers.optimization import get_wsd_schedule
-
-    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    decay = round(fraction * total)
-    sched = get_wsd_schedule(opt, 0, decay, num_training_steps=total, decay_type="1-sqrt", min_lr_ratio=floor)
-    return sched.lr_lambdas[0](step)
-
-
 def _real_run(trajectory, every, horizon=None, construct_horizon=None, lr=0.1, **config):
     """A real AutoDrop (lr changes applied) stepped every `every` steps; returns (step, measurement)s."""
     p = torch.nn.Parameter(torch.from_numpy(trajectory[0]).float())
@@ -217,7 +201,7 @@ class TestCooldown:
         for (step, m), lr in zip(run, lr_during):
             assert not (m.triggered or m.dropped)
             # Once per interval, at the value 1 - sqrt takes in its middle (WSD's per-step lr there).
-            assert lr == pytest.approx(0.1 * _wsd_1_sqrt(step - every / 2, 1600), rel=1e-9, abs=1e-12), step
+            assert lr == pytest.approx(0.1 * wsd_multiplier(step - every / 2, 1600), rel=1e-9, abs=1e-12), step
             assert m.cooldown == (step >= 0.8 * 1600)
         assert run[-1][1].lrs[0] == pytest.approx(1e-4)  # the floor (1e-3 x the initial lr) after the last step
         assert run[-1][1].logs()["autodrop/cooldown"] == 1.0 and run[0][1].logs()["autodrop/cooldown"] == 0.0
