@@ -2,17 +2,21 @@
 
     python -m experiments.peer_study --workers 2                  # the evidence (docs/results/peers.md)
     python -m experiments.peer_study --tasks digits_bn --seeds 3  # one task
+    python -m experiments.peer_study --lr-grid 1                  # every method at the base lr only
     python -m experiments.peer_study --quick                      # a smoke run (used by the tests)
 
-Every task runs through the real `Trainer` at its study's base lr, at full length and cut to 1/4 and 1/10
-(every schedule is told the cut length, as a user who sets `max_steps` would), with the same seeds for
-every method. WSD is transformers' `warmup_stable_decay` with `decay_type="1-sqrt"` over the last 20 % of
-the steps (no warm-up, to 0); schedule-free is `schedulefree`'s SGD at 10x the lr (its README's low end
-for SGD) or AdamW at 1x; AutoDrop is `AutoDropCallback()` at every default on a constant lr, plus one row
-without its cooldown (`cooldown_fraction=0`: the saturation drops alone). Each AutoDrop row is compared
-with WSD seed by seed: the mean of the paired differences and its standard error. For the runs where
-AutoDrop drops before the decay (the parameters settle), the report gives the compute to reach WSD's
-final metric.
+Every task runs through the real `Trainer` at full length and cut to 1/4 and 1/10 (every schedule is told
+the cut length, as a user who sets `max_steps` would), with the same seeds for every method. Every method
+gets the same small lr grid, the study's base lr x {1/3, 1, 3} (schedule-free: its README's range, x {10,
+20, 50} for SGD and x {1, 3, 10} for AdamW); per task, length and method the lr with the best mean final
+validation metric over the seeds is kept (ties: the validation loss) and its test metric reported. WSD is
+transformers' `warmup_stable_decay` with `decay_type="1-sqrt"` over the last 20 % of the steps (no
+warm-up, to 0); schedule-free is `schedulefree`'s SGD or AdamW (5 % warm-up); AutoDrop is
+`AutoDropCallback()` at every default on a constant lr, plus one row without its cooldown
+(`cooldown_fraction=0`: the saturation drops alone, what a run of unknown length gets). Each row is
+compared with WSD (at WSD's own chosen lr) seed by seed: the mean of the paired differences and its
+standard error. For the runs where AutoDrop drops before the decay (the parameters settle), the report
+gives the compute to reach WSD's final metric.
 
 Writes `peers.md`, `peers_runs.json.gz` and `peers_<task>.png` (lr and test metric against the epoch,
 AutoDrop beside WSD, seed 0, full length) into `--out` (default `docs/results`).
@@ -31,44 +35,97 @@ from .trainer_study import Method, TaskSpec, load_runs, run_all, save_runs
 
 TASKS = {
     # experiments/digits_study.py's task: SGD momentum 0.9, a CNN without BatchNorm.
-    "digits": (TaskSpec("digits", "test error (%)", "sgd", lr=0.05, weight_decay=5e-4, batch_size=64, epochs=40), 10.0),
+    "digits": TaskSpec("digits", "test error (%)", "sgd", lr=0.05, weight_decay=5e-4, batch_size=64, epochs=40),
     # The same data and optimizer with the demo's BatchNorm CNN: the SGD + BatchNorm convolutional task.
-    "digits_bn": (
-        TaskSpec("digits_bn", "test error (%)", "sgd", lr=0.05, weight_decay=5e-4, batch_size=64, epochs=40),
-        10.0,
-    ),
+    "digits_bn": TaskSpec("digits_bn", "test error (%)", "sgd", lr=0.05, weight_decay=5e-4, batch_size=64, epochs=40),
     # experiments/friedman_task.py's task: AdamW on a regression MLP.
-    "friedman": (
-        TaskSpec("friedman", "test MSE (standardised)", "adamw", lr=3e-3, weight_decay=0.0, batch_size=32, epochs=30),
-        1.0,
+    "friedman": TaskSpec(
+        "friedman", "test MSE (standardised)", "adamw", lr=3e-3, weight_decay=0.0, batch_size=32, epochs=30
+    ),
+    # A transformers language model through the Trainer, from a config: a 2-layer GPT-2 over bytes of the
+    # standard library's text (the char LM's data), AdamW, 1,000 steps (under one epoch), clipping at 1.0.
+    "gpt2": TaskSpec(
+        "gpt2",
+        "test loss (bits/char)",
+        "adamw",
+        lr=3e-3,
+        weight_decay=0.01,
+        batch_size=16,
+        max_steps=1000,
+        eval_steps=100,
+        max_grad_norm=1.0,
     ),
 }
+# Every method's lr grid, as multiples of the task's base lr; schedule-free's is its README's range.
+LR_GRID = (1 / 3, 1.0, 3.0)
+SCHEDULEFREE_GRID = {"sgd": (10.0, 20.0, 50.0), "adamw": (1.0, 3.0, 10.0)}
 CUTS = (1.0, 0.25, 0.1)
 AUTODROP = "AutoDrop (defaults)"
 NO_COOLDOWN = "AutoDrop (defaults, cooldown_fraction=0)"
 WSD = "WSD (1-sqrt, last 20 %)"
 
 
-def methods(schedulefree_scale: float) -> list[Method]:
+SCHEDULEFREE = "schedule-free"
+
+
+def methods() -> list[Method]:
     return [
         Method("constant lr", "constant"),
         Method("cosine", "cosine"),
         Method("linear", "linear"),
         Method(WSD, "wsd"),
-        Method(f"schedule-free (lr x{schedulefree_scale:g})", "schedulefree", lr_scale=schedulefree_scale),
+        Method(SCHEDULEFREE, "schedulefree"),
         Method(AUTODROP, "autodrop", autodrop={}),
         Method(NO_COOLDOWN, "autodrop", autodrop={"cooldown_fraction": 0.0}),
     ]
 
 
+def grid(task: TaskSpec, method: Method, lr_grid: tuple[float, ...]) -> tuple[float, ...]:
+    """The lr multipliers `method` is tried at: schedule-free its README's range, every other method `lr_grid`.
+
+    `--lr-grid 1` (the base lr only) keeps schedule-free at the low end of its range.
+    """
+    if method.kind != "schedulefree":
+        return lr_grid
+    own = SCHEDULEFREE_GRID[task.optimizer]
+    return own if len(lr_grid) > 1 else own[:1]
+
+
 def cut(task: TaskSpec, fraction: float) -> TaskSpec:
+    if task.max_steps:
+        steps = max(20, round(task.max_steps * fraction))
+        eval_steps = min(task.eval_steps, max(1, steps // 10)) if task.eval_steps else None
+        return dataclasses.replace(task, name=f"{task.name}@{steps}st", max_steps=steps, eval_steps=eval_steps)
     epochs = max(2, round(task.epochs * fraction))
     return dataclasses.replace(task, name=f"{task.name}@{epochs}ep", epochs=epochs)
 
 
-def _to_reach(run: dict, target: float) -> float | None:
-    """The first epoch at which the run's test metric is at or below `target` (None: never)."""
-    return next((c["epoch"] for c in run["curve"] if c["metric"] <= target), None)
+def _validation_key(runs: list[dict]) -> tuple[float, float]:
+    """Lower is better: the mean final validation metric over the seeds, then the mean validation loss."""
+
+    def mean(key: str) -> float:
+        values = [r[key] for r in runs]
+        return math.inf if not all(math.isfinite(v) for v in values) else float(np.mean(values))
+
+    return mean("final_val"), mean("final_val_loss")
+
+
+def select(results: list[dict]) -> tuple[list[dict], dict[tuple[str, str], dict[float, tuple[float, float]]]]:
+    """Per (task @ length, method) the runs at the lr with the best validation key, and every lr's key."""
+    by: dict[tuple[str, str], dict[float, list[dict]]] = {}
+    for r in results:
+        by.setdefault((r["task"], r["method"]), {}).setdefault(r["run_lr"], []).append(r)
+    chosen, keys = [], {}
+    for cell, lrs in by.items():
+        keys[cell] = {lr: _validation_key(runs) for lr, runs in lrs.items()}
+        best = min(keys[cell], key=lambda lr: keys[cell][lr])
+        chosen += lrs[best]
+    return chosen, keys
+
+
+def _to_reach(run: dict, target: float, unit: str) -> float | None:
+    """The first epoch (or step) at which the run's test metric is at or below `target` (None: never)."""
+    return next((c[unit] for c in run["curve"] if c["metric"] <= target), None)
 
 
 def _mean_se(values: list[float]) -> tuple[float, float]:
@@ -76,12 +133,13 @@ def _mean_se(values: list[float]) -> tuple[float, float]:
     return float(a.mean()), float(a.std(ddof=1) / math.sqrt(len(a))) if len(a) > 1 else math.nan
 
 
-def report(results: list[dict]) -> str:
+def report(all_results: list[dict]) -> str:
+    results, keys = select(all_results)
     tasks = list(dict.fromkeys(r["task"] for r in results))
     sections = []
     summary = []
     for name in tasks:
-        spec = TASKS[name.split("@")[0]][0]
+        spec = TASKS[name.split("@")[0]]
         digits = 2 if "%" in spec.metric else 4
         runs = [r for r in results if r["task"] == name]
         by = {}
@@ -91,7 +149,15 @@ def report(results: list[dict]) -> str:
         rows = []
         for method, seeds in by.items():
             mean, se = _mean_se([r["final"] for r in seeds.values()])
-            row = [method, f"{mean:.{digits}f} ± {se:.{digits}f}"]
+            run_lr = next(iter(seeds.values()))["run_lr"]
+            tried = keys[(name, method)]
+            lr_cell = f"{run_lr / spec.lr:.3g}" + (
+                " (of " + ", ".join(f"{lr / spec.lr:.3g}" for lr in sorted(tried)) + ")" if len(tried) > 1 else ""
+            )
+            val = ", ".join(
+                f"{tried[lr][0]:.{digits}f}" if math.isfinite(tried[lr][0]) else "diverged" for lr in sorted(tried)
+            )
+            row = [method, lr_cell, val, f"{mean:.{digits}f} ± {se:.{digits}f}"]
             common = sorted(set(seeds) & set(wsd))
             if method != WSD and common:
                 diffs = [seeds[s]["final"] - wsd[s]["final"] for s in common]
@@ -105,7 +171,7 @@ def report(results: list[dict]) -> str:
                     verdict,
                 ]
                 if method in (AUTODROP, NO_COOLDOWN):
-                    summary.append((name, method, d, dse, verdict))
+                    summary.append((name, method, d, dse, verdict, digits))
             else:
                 row += ["", "", ""]
             drops = [sum(m["dropped"] for m in r["autodrop"]) for r in seeds.values()] if "AutoDrop" in method else []
@@ -113,11 +179,11 @@ def report(results: list[dict]) -> str:
             reach = []
             if "AutoDrop" in method and common:
                 for s in common:
-                    t = _to_reach(seeds[s], wsd[s]["final"])
+                    t = _to_reach(seeds[s], wsd[s]["final"], spec.unit)
                     reach.append(t if t is not None else math.inf)
             row.append(
                 (
-                    f"{np.median(reach):g} of {runs[0]['curve'][-1]['epoch']:g}"
+                    f"{np.median(reach):g} of {runs[0]['curve'][-1][spec.unit]:g}"
                     if np.isfinite(np.median(reach))
                     else "not reached"
                 )
@@ -131,17 +197,19 @@ def report(results: list[dict]) -> str:
             + markdown_table(
                 [
                     f"method ({metric})",
+                    "lr chosen (x base lr)",
+                    "validation at each lr",
                     "final, mean ± s.e.",
                     "minus WSD, paired mean ± s.e.",
                     "seeds better/equal/worse than WSD",
                     "verdict (2 s.e.)",
                     "saturation drops per run",
-                    "epochs to WSD's final (median)",
+                    f"{spec.unit}s to WSD's final (median)",
                 ],
                 rows,
             )
         )
-    lines = [f"| {t} | {m} | {d:+.{digits}f} ± {se:.{digits}f} | {v} |" for t, m, d, se, v in summary]
+    lines = [f"| {t} | {m} | {d:+.{n}f} ± {se:.{n}f} | {v} |" for t, m, d, se, v, n in summary]
     head = "| task @ length | AutoDrop row | minus WSD (paired) | verdict |\n|---|---|---|---|\n"
     return (
         "## Summary: AutoDrop against WSD\n\n"
@@ -158,43 +226,62 @@ def plot(study: Study, results: list[dict], task: str) -> str | None:
     setup_matplotlib()
     import matplotlib.pyplot as plt
 
-    runs = {r["method"]: r for r in results if r["task"] == task and r["seed"] == 0}
+    runs = {r["method"]: r for r in select(results)[0] if r["task"] == task and r["seed"] == 0}
     if AUTODROP not in runs or WSD not in runs:
         return None
+    unit = TASKS[task.split("@")[0]].unit
     fig, axes = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
     for method, color in ((WSD, "tab:orange"), (AUTODROP, "tab:blue"), ("constant lr", "tab:gray")):
         if method not in runs:
             continue
         curve = runs[method]["curve"]
-        epochs = [c["epoch"] for c in curve]
+        epochs = [c[unit] for c in curve]
         axes[0].plot(epochs, [c["lr"] for c in curve], color=color, label=method)
         axes[1].plot(epochs, [c["metric"] for c in curve], color=color, label=method)
-    axes[0].set_ylabel("lr (end of epoch)")
+    axes[0].set_ylabel(f"lr (at each test, per {unit})")
     axes[0].set_yscale("log")
     axes[1].set_ylabel("test metric")
     axes[1].set_yscale("log")
-    axes[1].set_xlabel("epoch")
+    axes[1].set_xlabel(unit)
     axes[0].legend()
     axes[0].set_title(f"{task}: AutoDrop beside WSD (seed 0)")
     return study.save_figure(fig, f"peers_{task.split('@')[0]}.png")
+
+
+def _fraction(text: str) -> float:
+    num, _, den = text.partition("/")
+    return float(num) / float(den or 1)
 
 
 def main(argv=None) -> str:
     def extra(parser):
         parser.add_argument("--tasks", default=",".join(TASKS), help="comma-separated: " + ", ".join(TASKS))
         parser.add_argument("--cuts", default=",".join(map(str, CUTS)), help="run lengths as fractions of the full one")
+        parser.add_argument(
+            "--lr-grid",
+            default="1/3,1,3",
+            help="lr multipliers every method is tried at (schedule-free: its own range); '1': the base lr only",
+        )
 
     study = Study("experiments.peer_study", __doc__.splitlines()[0], argv=argv, saves_runs=True, extra_args=extra)
     seeds = list(range(study.args.seeds or (1 if study.quick else 5)))
     cuts = [float(c) for c in study.args.cuts.split(",")]
+    lr_grid = tuple(_fraction(g) for g in study.args.lr_grid.split(","))
     jobs = []
     for name in study.args.tasks.split(","):
-        task, sf_scale = TASKS[name]
+        task = TASKS[name]
         if study.quick:
-            task, cuts = dataclasses.replace(task, epochs=4), [1.0]
+            task, cuts = (
+                (
+                    dataclasses.replace(task, max_steps=40, eval_steps=10)
+                    if task.max_steps
+                    else dataclasses.replace(task, epochs=4)
+                ),
+                [1.0],
+            )
         for fraction in cuts:
             t = cut(task, fraction)
-            jobs += [(t, m, s, t.lr) for m in methods(sf_scale) for s in seeds]
+            jobs += [(t, m, s, t.lr * g) for m in methods() for g in grid(t, m, lr_grid) for s in seeds]
     runs_path = study.path("peers_runs.json.gz")
     if study.report_only:
         results, provenance = load_runs(runs_path)
@@ -212,7 +299,7 @@ def main(argv=None) -> str:
     figures = [
         plot(study, results, t)
         for t in dict.fromkeys(r["task"] for r in results)
-        if t.endswith(f"@{TASKS[t.split('@')[0]][0].epochs}ep") or study.quick
+        if t == cut(TASKS[t.split("@")[0]], 1.0).name or study.quick
     ]
     body = report(results) + "".join(f"\n\n![{f}]({f})" for f in figures if f)
     return study.write_report(

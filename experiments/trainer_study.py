@@ -84,6 +84,9 @@ def _data_and_model(task: TaskSpec):
     if task.name.startswith("digits"):
         train, val, test = tasks.digits_splits()
         return train, val, test, tasks.DigitsCNN, _digits_metric
+    if task.name.startswith("gpt2"):
+        train, val, test = tasks.gpt2_splits()
+        return train, val, test, tasks.TinyGPT2, _charlm_metric
     if task.name.startswith("charlm"):
         train, val, test = tasks.charlm_splits()
         return train, val, test, tasks.CharTransformer, _charlm_metric
