@@ -97,16 +97,47 @@ def test_charlm_quick_study(tmp_path):
 def test_peer_quick_study(tmp_path):
     from experiments import peer_study
 
-    report = open(peer_study.main(["--quick", "--tasks", "digits_bn", "--out", str(tmp_path)])).read()
+    report = open(
+        peer_study.main(["--quick", "--tasks", "digits_bn", "--lr-grid", "1/3,1", "--out", str(tmp_path)])
+    ).read()
     assert "## Summary: AutoDrop against WSD" in report and "### digits_bn@4ep" in report
     runs = _runs(tmp_path / "peers_runs.json.gz")
-    assert {r["method"] for r in runs} == {m.name for m in peer_study.methods(10.0)}
-    wsd = next(r for r in runs if r["method"] == peer_study.WSD)
-    autodrop = next(r for r in runs if r["method"] == peer_study.AUTODROP)
-    off = next(r for r in runs if r["method"] == peer_study.NO_COOLDOWN)
+    assert {r["method"] for r in runs} == {m.name for m in peer_study.methods()}
+    # Every method at each lr of the grid; schedule-free (SGD) over its README's range.
+    lrs = {(r["method"], round(r["run_lr"] / 0.05, 4)) for r in runs}
+    assert {x for m, x in lrs if m == peer_study.WSD} == {round(1 / 3, 4), 1.0}
+    assert {x for m, x in lrs if m == peer_study.SCHEDULEFREE} == {10.0, 20.0, 50.0}
+    # The report keeps, per method, the lr with the best validation metric, and says which it was.
+    chosen, keys = peer_study.select(runs)
+    for r in chosen:
+        assert keys[(r["task"], r["method"])][r["run_lr"]] == min(keys[(r["task"], r["method"])].values())
+    wsd = next(r for r in chosen if r["method"] == peer_study.WSD)
+    autodrop = next(r for r in chosen if r["method"] == peer_study.AUTODROP)
+    off = next(r for r in chosen if r["method"] == peer_study.NO_COOLDOWN)
+    assert f"| {peer_study.WSD} | {wsd['run_lr'] / 0.05:.3g} (of 0.333, 1) |" in report
     # WSD and AutoDrop's decay end at a small lr; without the decay AutoDrop keeps its lr (no drop in 4 epochs).
     assert wsd["curve"][-1]["lr"] < 0.01 * wsd["lr"] and autodrop["curve"][-1]["lr"] < 0.01 * autodrop["lr"]
     assert not any(m["dropped"] for m in off["autodrop"]) and off["curve"][-1]["lr"] == off["lr"]
     summary = report.split("## Summary")[1].split("## Every method")[0]
     assert f"| digits_bn@4ep | {peer_study.AUTODROP} |" in summary
     assert (tmp_path / "peers_digits_bn.png").stat().st_size > 10_000
+
+
+def test_peer_gpt2_task_is_a_transformers_model_cut_in_steps():
+    import dataclasses
+
+    from transformers import GPT2LMHeadModel
+
+    from experiments import peer_study, tasks
+    from experiments.trainer_study import Method, run_one
+
+    full = peer_study.TASKS["gpt2"]
+    short = peer_study.cut(full, 0.1)
+    assert (short.name, short.max_steps, short.eval_steps) == ("gpt2@100st", 100, 10)
+    assert isinstance(tasks.TinyGPT2(), GPT2LMHeadModel)
+    train, _, _ = tasks.gpt2_splits()
+    ids = train.tensors["input_ids"]
+    assert ids.shape[1] == 65 and bool((train.tensors["labels"] == ids).all())  # GPT-2 shifts the labels itself
+    run = run_one(dataclasses.replace(short, max_steps=30, eval_steps=10), Method("wsd", "wsd"), seed=0)
+    assert [c["step"] for c in run["curve"]] == [10, 20, 30]
+    assert run["final"] < 7.0 and run["curve"][-1]["lr"] == 0.0  # below a uniform guess; WSD ends at 0
