@@ -141,3 +141,19 @@ def test_peer_gpt2_task_is_a_transformers_model_cut_in_steps():
     run = run_one(dataclasses.replace(short, max_steps=30, eval_steps=10), Method("wsd", "wsd"), seed=0)
     assert [c["step"] for c in run["curve"]] == [10, 20, 30]
     assert run["final"] < 7.0 and run["curve"][-1]["lr"] == 0.0  # below a uniform guess; WSD ends at 0
+
+
+def test_unknown_length_quick_study(tmp_path):
+    from experiments import unknown_length_study as ul
+
+    report = open(ul.main(["--quick", "--tasks", "digits_bn", "--out", str(tmp_path)])).read()
+    runs = _runs(tmp_path / "unknown_length_runs.json.gz")
+    mine = next(r for r in runs if r["method"] == ul.UNKNOWN)
+    # No horizon: no end-of-run decay, so without a drop the lr is the one it started at.
+    assert not any(m["dropped"] for m in mine["autodrop"]) and mine["curve"][-1]["lr"] == mine["lr"]
+    peers = [r for r in runs if r["task"] == "digits_bn@T.0"]
+    assert {r["method"] for r in peers} == {m.name for m in ul.PEERS}
+    # Every peer is told the step AutoDrop ended at, and WSD ends there at 0.
+    assert all(ul.stop_step(r) == ul.stop_step(mine) for r in peers)
+    assert next(r for r in peers if r["kind"] == "wsd")["curve"][-1]["lr"] == 0.0
+    assert f"| {ul.UNKNOWN} |" in report and "### digits_bn" in report
