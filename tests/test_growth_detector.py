@@ -99,6 +99,27 @@ class TestExponent:
     def test_window_is_the_latter_half(self):
         assert [growth_window_start(t) for t in (1, 2, 6, 7, 100)] == [1, 1, 3, 4, 50]
 
+    def test_the_tests_running_fit_is_the_exponent_of_its_window_bit_for_bit(self):
+        # The test keeps the logs of its samples between intervals; its fit must stay growth_exponent of the
+        # window after every trim, the thinning beyond MAX_GROWTH_SAMPLES, a zero distance and a state reload.
+        from hf_autodrop.detectors.growth import MAX_GROWTH_SAMPLES, GrowthTest
+
+        rng = np.random.default_rng(0)
+        test = GrowthTest(AutoDropConfig())
+        for t in range(1, 4 * MAX_GROWTH_SAMPLES + 200):
+            d = 0.0 if t == 3000 else float(t ** rng.uniform(0.0, 2.0))
+            test.observe(t, math.nan if t == 50 else d)
+            assert test.samples[0][0] >= growth_window_start(t)
+            expected = growth_exponent(*zip(*test.samples)) if len(test.samples) >= 4 else math.nan
+            got = test.exponent()
+            assert (math.isnan(got) and math.isnan(expected)) or got == expected, t
+            if t % 997 == 0:
+                reloaded = GrowthTest(AutoDropConfig())
+                reloaded.load_state_dict(test.state_dict())
+                assert reloaded.exponent() == got or math.isnan(got)
+                test = reloaded
+        assert len(test.samples) <= 2 * MAX_GROWTH_SAMPLES
+
 
 class TestDecisions:
     @pytest.mark.parametrize("seed", [0, 1, 2])
