@@ -151,9 +151,11 @@ class AutoDrop:
         decaying = self._cooldown.progress(s.interval) is not None
         triggered = dropped = exhausted = False
         if s.phase == MONITOR:
-            # False while the statistic is undefined (NaN), inside the decay, and, in a run of known length,
-            # before the phase has lasted as long as the final segment (a transient stall is not saturation).
-            if finite and statistic < tolerance and not decaying and t >= self._cooldown.shortest_phase:
+            # False while the statistic is undefined (NaN), at an interval where nothing moved (a frozen model
+            # or an lr of 0 holds D still: no evidence of saturation), inside the decay, and, in a run of known
+            # length, before the phase has lasted as long as the final segment (a transient stall is not saturation).
+            moved = norm_sq > 0.0
+            if finite and moved and statistic < tolerance and not decaying and t >= self._cooldown.shortest_phase:
                 triggered = True
                 self._begin_averaging(norm_sq)
         elif finite and not self._absurd(norm_sq):

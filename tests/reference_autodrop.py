@@ -16,10 +16,8 @@ differ without a document saying which is right):
 - an averaging window triggered by an interval that did not move has no length to compare spikes with:
   nothing is left out of it but NaN/Inf intervals.
 
-Where the documents say otherwise, the twin follows the controller (marked "differs from the docs" below),
-so that the comparison stays green while the docs or the code are settled:
-- a zero displacement carries no information, "no trigger" (README "The algorithm"), yet the growth test's
-  statistic is defined at such an interval (D is finite) and triggers there.
+A zero displacement carries no information (docs/paper-differences.md): no trigger at such an interval,
+also where the growth test's statistic is defined (D is finite, and held still by a frozen model).
 Not modelled: the growth test thins its window to every other sample beyond 2048 of them (t > ~4096
 intervals since the anchor); the twin always fits every measurement of [t/2, t].
 
@@ -233,9 +231,8 @@ class ReferenceAutoDrop:
         progress = decay_progress(self.interval, self.horizon, fraction)
         decaying = progress is not None
         if self.phase == "monitor":
-            # False whenever the statistic is undefined (NaN). Differs from the docs ("a zero displacement: no
-            # trigger"): the growth test can trigger at an interval that did not move.
-            if finite and statistic < tolerance and not decaying:
+            # False whenever the statistic is undefined (NaN) and where nothing moved (a zero displacement).
+            if finite and (s @ s).item() > 0.0 and statistic < tolerance and not decaying:
                 if t >= shortest_phase(self.horizon, fraction):
                     triggered = True
                     self.phase, self.averaging_length = "averaging", self.averaging_intervals(t)

@@ -170,6 +170,16 @@ class TestDecisions:
         drift = _drift_in_noise(800, 0)
         assert replay_first_trigger([float(np.sum(row**2)) for row in drift[1:]], 4) is None
 
+    def test_a_frozen_stretch_is_no_saturation(self):
+        # An lr of 0 (or a frozen model) holds D still, so the fitted exponent falls to 0 over the window;
+        # a zero displacement carries no information, though: no trigger until the parameters move again.
+        moving = _drift_in_noise(100, seed=0)
+        path = np.concatenate([moving, np.repeat(moving[-1:], 300, axis=0), moving[-1] + _drift_in_noise(100, 1)[1:]])
+        run = _run(path, 1)
+        frozen = [m for s, m in run if 100 < s <= 400]
+        assert min(m.statistic for m in frozen if math.isfinite(m.statistic)) < AutoDropConfig().growth_threshold
+        assert not any(m.triggered for m in frozen)
+
     def test_drop_delay_is_a_share_of_the_time_since_the_anchor(self):
         path = _ou(1600, 0)
         for every in (4, 16):
