@@ -1,5 +1,5 @@
 """AutoDropCallback inside the clients people run, through their real packages (CPU, offline, tiny models built
-from configs): TRL's `SFTTrainer` (full fine-tune and a PEFT LoRA adapter) and transformers' `Seq2SeqTrainer`,
+from configs): TRL's `SFTTrainer` (full fine-tune and a PEFT LoRA adapter) and `DPOTrainer`, and transformers' `Seq2SeqTrainer`,
 each resumed exactly from a mid-run checkpoint; W&B (offline mode) and MLflow (local file store), with AutoDrop's
 metrics read back from the files they wrote."""
 
@@ -249,6 +249,51 @@ def test_sft_trainer_lora_snapshots_only_the_adapter_and_resumes_exactly(tmp_pat
         )
         assert _callback(callback_of).autodrop.state_nbytes() == 2 * 4 * adapter  # monitoring after the last drop
     assert {phase for phase, _ in _record(straight).state_sizes} == {"monitor", "averaging"}
+
+
+# ---------------------------------------------------------------- TRL DPOTrainer (a policy beside a frozen reference)
+
+
+def _preference_dataset(n=64):
+    """A prompt of the progression's first words; chosen: its next words, rejected: the same words reversed."""
+    g = torch.Generator().manual_seed(1)
+    rows = {"prompt": [], "chosen": [], "rejected": []}
+    for _ in range(n):
+        start, stride = torch.randint(0, 24, (2,), generator=g).tolist()
+        words = [WORDS[(start + k * (stride % 5 + 1)) % 24] for k in range(10)]
+        rows["prompt"].append(" ".join(words[:5]))
+        rows["chosen"].append(" ".join(words[5:]))
+        rows["rejected"].append(" ".join(reversed(words[5:])))
+    return Dataset.from_dict(rows)
+
+
+def _dpo_trainer(output_dir, save):
+    from trl import DPOConfig, DPOTrainer
+
+    tokenizer = _tokenizer()
+    args = _training_args(DPOConfig, output_dir, save, max_length=32, bf16=False, per_device_train_batch_size=4)
+    return DPOTrainer(
+        model=_gpt2(len(tokenizer)),
+        ref_model=_gpt2(len(tokenizer)),  # a config-built model has no Hub id for TRL to load its reference from
+        args=args,
+        train_dataset=_preference_dataset(),
+        processing_class=tokenizer,
+        callbacks=[AutoDropCallback(**AUTODROP), _Record()],
+    )
+
+
+def test_dpo_trainer_snapshots_the_policy_only_and_resumes_exactly(tmp_path):
+    straight, resumed = _straight_and_resumed(_dpo_trainer, tmp_path)
+    _assert_resume_is_exact(straight, resumed)
+    # DPO keeps a frozen reference copy of the model beside the policy; AutoDrop follows the policy alone.
+    policy = sum(p.numel() for p in straight.model.parameters() if p.requires_grad)
+    assert straight.ref_model is not None and sum(p.numel() for p in straight.ref_model.parameters()) == policy
+    assert _callback(straight).autodrop.state_nbytes() == 2 * 4 * policy  # monitoring after the last drop
+    assert {phase for phase, _ in _record(straight).state_sizes} == {"monitor", "averaging"}
+    # The reference model did not move.
+    fresh = _gpt2(len(_tokenizer()))
+    for p, q in zip(straight.ref_model.parameters(), fresh.parameters()):
+        assert torch.equal(p.detach(), q.detach())
 
 
 # ---------------------------------------------------------------- transformers Seq2SeqTrainer on a tiny T5
