@@ -608,7 +608,7 @@ def main(argv=None) -> str:
     by_task = {t: _groups([r for r in runs if r["task"] == t]) for t in dict.fromkeys(r["task"] for r in runs)}
 
     cfg = AutoDropConfig()
-    from hf_autodrop.config import COOLDOWN_MAX_EXPONENT, GROWTH_INTERVALS_PER_RUN
+    from hf_autodrop.detectors import COOLDOWN_MAX_EXPONENT, GROWTH_INTERVALS_PER_RUN
 
     sections = [
         "## Setup\n\n"

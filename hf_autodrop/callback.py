@@ -5,36 +5,43 @@ from __future__ import annotations
 import logging
 import math
 import os
-import sys
-import threading
 import uuid
 import weakref
-from dataclasses import asdict
+from dataclasses import fields
 
-import torch
-from transformers import TrainerCallback
-from transformers.trainer_callback import ExportableState
+from ._extras import require
+
+with require("hf", "AutoDropCallback", "transformers"):
+    from transformers import TrainerCallback
+    from transformers.trainer_callback import ExportableState
 
 from . import _trainer_link
+from ._state_files import (
+    MEASUREMENTS_FILE,
+    STATE_FILE,
+    Flush,
+    MeasurementsLog,
+    Missing,
+    Outcome,
+    atomic_save,
+    checked_entry,
+    find_state,
+    move_into_place,
+    state_file_name,
+)
+from ._state_files import atomic_save as _atomic_save  # noqa: F401 - the name bench/reliability_cost.py imports
+from ._trainer_link import install
 from .config import AutoDropConfig
 from .controller import AutoDrop, Measurement
 from .distributed import agree
+from .lr import unwrap_optimizer
 
-__all__ = ["AutoDropCallback", "install", "STATE_FILE", "state_file_name"]
+__all__ = ["AutoDropCallback", "install", "MEASUREMENTS_FILE", "STATE_FILE", "state_file_name"]
 
 logger = logging.getLogger("hf_autodrop")
 
-STATE_FILE = "autodrop_state.pt"
-
-
-def state_file_name(rank: int, world_size: int) -> str:
-    """`autodrop_state.pt` on one process; `autodrop_state-rank{R}-of-{W}.pt` per process on several.
-
-    Under a sharded engine each process holds only its shard of AutoDrop's tensors, so each process
-    writes its own file beside the engine's own sharded checkpoint files.
-    """
-    return STATE_FILE if world_size == 1 else f"autodrop_state-rank{rank}-of-{world_size}.pt"
-
+# The fields of a measurement record (`AutoDropCallback.measurements`), besides `step` and `epoch`.
+_FIELDS = tuple(f.name for f in fields(Measurement))
 
 # Base schedules that keep the lr constant between drops; every other one decays by itself.
 _CONSTANT_SCHEDULES = {"constant", "constant_with_warmup"}
@@ -51,10 +58,16 @@ class AutoDropCallback(TrainerCallback, ExportableState):
     """Drops the `Trainer`'s learning rate automatically when training at it has saturated.
 
     `Trainer(..., callbacks=[AutoDropCallback()])` is all it takes. AutoDrop measures about 300 times
-    per run (or every `interval_steps` optimizer updates), logs the `autodrop/*` metrics through the
-    Trainer's own `log` (so into `state.log_history` and every `report_to` integration: TensorBoard,
-    W&B, MLflow, ...), and drops the lr of every param group, keeping the base schedule's shape (use
-    `lr_scheduler_type="constant"` or `"constant_with_warmup"`). It tells AutoDrop the run's length
+    per run (or every `interval_steps` optimizer updates) and drops the lr of every param group, keeping
+    the base schedule's shape (use `lr_scheduler_type="constant"` or `"constant_with_warmup"`).
+
+    Logging follows the Trainer's cadence (`logging_strategy`, `logging_steps`): the latest
+    measurement's `autodrop/*` metrics are added to each of the Trainer's own training log rows (the
+    console, `state.log_history` and every `report_to` integration: TensorBoard, W&B, MLflow, ...),
+    and a trigger, a drop or the cooldown's start the Trainer does not log at that step gets a row of
+    its own. With `logging_strategy="no"` nothing is logged there (the drops still go to the
+    `hf_autodrop` logger at INFO). Every interval's record is in `measurements` and, on process zero,
+    in `output_dir/autodrop_measurements.jsonl` (one JSON object per line, NaN written as null). It tells AutoDrop the run's length
     (`max_steps`), so that with the default growth test a run that never saturates still starts its last
     `cooldown_fraction` (a tenth) at a lower lr, unless its parameters still drift then.
 
@@ -100,7 +113,7 @@ class AutoDropCallback(TrainerCallback, ExportableState):
         # On resume the Trainer's `_load_callback_state` rebuilds every stateful callback as
         # `type(callback)(**saved_args)` and swaps it in for the live one. Handing back the live instance
         # keeps the object the user holds training, with the config the user gave it.
-        live = _live_instance_being_restored(cls)
+        live = _trainer_link.live_instance_being_restored(cls)
         if live is not None:
             live._restoring = True
             return live
@@ -125,7 +138,11 @@ class AutoDropCallback(TrainerCallback, ExportableState):
         self._training = False  # between on_train_begin and on_train_end
         self._written_step: int | None = None  # the step whose state this process last wrote into a checkpoint
         self._staged_step: int | None = None  # the step whose state this process last staged
-        self._flushing: _Flush | None = None  # process zero's staged file on its way to the disk
+        self._flushing: Flush | None = None  # process zero's staged file on its way to the disk
+        self._logging = True  # the Trainer logs (logging_strategy is not "no")
+        self._pending: dict | None = None  # the latest measurement not shown yet, for the Trainer's next log row
+        self._journal: MeasurementsLog | None = None  # process zero's autodrop_measurements.jsonl
+        self._optimizer = None
 
     # ------------------------------------------------------------------ ExportableState
     def state(self) -> dict:
@@ -165,10 +182,13 @@ class AutoDropCallback(TrainerCallback, ExportableState):
         self._output_dir, self._global_step = args.output_dir, state.global_step
         self._written_step = self._staged_step = self._flushing = None
         checkpoint, self._checkpoint = self._checkpoint, None  # consumed by this train() only
-        resume_dir = _trainer_local("resume_from_checkpoint", str)
+        resume_dir = _trainer_link.trainer_local("resume_from_checkpoint", str)
         if model is None or optimizer is None:
             raise RuntimeError("AutoDropCallback needs the Trainer's model and optimizer at train start")
         self.autodrop = AutoDrop(model, optimizer, lr_scheduler, self.config)
+        self._optimizer = unwrap_optimizer(optimizer)
+        self._logging = str(getattr(args.logging_strategy, "value", args.logging_strategy)) != "no"
+        self._pending = None
         self._training = True
         if self.autodrop.world_size > 1 and checkpoint is None:
             # Every process writes its own state file; they must carry the one run id that process zero
@@ -180,11 +200,24 @@ class AutoDropCallback(TrainerCallback, ExportableState):
             self._run_id = ids[0]
         resuming = state.global_step > 0
         self._every = self._plan_interval(state, report=not resuming)
+        restored = False
         if resuming:
-            self._resume(args, state, checkpoint, resume_dir)
+            restored = self._resume(args, state, checkpoint, resume_dir)
         else:
             self.measurements = []
+        self._open_journal(args, state, resuming, restored)
         self._set_horizon(state, report=not resuming)
+        return control
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        # With a linked Trainer, MergeLogs (first in its list) has merged already; this covers a Trainer not found.
+        if logs is not None:
+            self._merge_into(logs, state)
+        return control
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if self._pending is not None:
+            self._flush_event(state, control)  # the last step's event, which no Trainer row took
         return control
 
     def on_step_end(self, args, state, control, **kwargs):
@@ -207,6 +240,8 @@ class AutoDropCallback(TrainerCallback, ExportableState):
                     state.epoch,
                 )
             self._measure(args, state, control)
+        elif self._pending is not None and not control.should_log:
+            self._flush_event(state, control)  # no epoch row follows this step's event
         self._stage_if_saving(control)
         return control
 
@@ -223,7 +258,10 @@ class AutoDropCallback(TrainerCallback, ExportableState):
         return control
 
     def on_train_end(self, args, state, control, **kwargs):
+        self._flush_event(state, control)
         self._training = False
+        if self._journal is not None:
+            self._journal.close()
         return control
 
     # ------------------------------------------------------------------ crash-safe saving
@@ -233,11 +271,12 @@ class AutoDropCallback(TrainerCallback, ExportableState):
             "global_step": self._global_step,
             "autodrop": self.autodrop.state_dict(),
             "measurements": list(self.measurements),
+            "pending_log": self._pending,
         }
 
     def _write(self, path: str) -> None:
         """Write this process's state to `path` atomically: complete under its name, or not there at all."""
-        _atomic_save(self._payload(), path, fsync=self.durable)
+        atomic_save(self._payload(), path, fsync=self.durable)
 
     def _save_into_checkpoint(self) -> None:
         """Inside the Trainer's `_save_checkpoint` (process zero): this process's file and the staged ones."""
@@ -271,9 +310,9 @@ class AutoDropCallback(TrainerCallback, ExportableState):
         rank = self.autodrop.rank
         error = None
         try:
-            _atomic_save(self._payload(), self._staging_path(rank), fsync=self.durable and rank != 0)
+            atomic_save(self._payload(), self._staging_path(rank), fsync=self.durable and rank != 0)
             if rank == 0 and self.durable:
-                self._flushing = _Flush(self._staging_path(rank))
+                self._flushing = Flush(self._staging_path(rank))
         except Exception as err:  # noqa: BLE001 - reported on every process, never left to hang the others
             error = err
         failed = [r for r, code in enumerate(agree(int(error is not None))) if code]
@@ -291,21 +330,7 @@ class AutoDropCallback(TrainerCallback, ExportableState):
         if rank == self.autodrop.rank and self._flushing is not None:
             flushing, self._flushing = self._flushing, None
             flushing.wait()  # on disk before the checkpoint points to it
-        if not os.path.isfile(staged):
-            return
-        target = self._state_path(self._output_dir, self._global_step, rank)
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        try:
-            os.replace(staged, target)
-        except FileNotFoundError:  # its own process moved it first
-            return
-        if self.durable:
-            _fsync_dir(os.path.dirname(target))
-        for folder in (os.path.dirname(staged), os.path.dirname(os.path.dirname(staged))):
-            try:
-                os.rmdir(folder)
-            except OSError:
-                break  # not empty yet (or gone): the last process to move its file removes it
+        move_into_place(staged, self._state_path(self._output_dir, self._global_step, rank), self.durable)
 
     def _state_path(self, output_dir: str, global_step: int, rank: int | None = None) -> str:
         """This process's state file in `checkpoint-{global_step}` (process `rank`'s when given)."""
@@ -313,29 +338,95 @@ class AutoDropCallback(TrainerCallback, ExportableState):
         name = state_file_name(rank, self.autodrop.world_size)
         return os.path.join(output_dir, f"checkpoint-{global_step}", name)
 
-    # ------------------------------------------------------------------ helpers
+    # ------------------------------------------------------------------ measuring and logging
     def _measure(self, args, state, control) -> None:
         if self.autodrop is None:
             return
+        lr_used = self._optimizer.param_groups[0]["lr"]  # by this interval's last step, before a drop
         m: Measurement = self.autodrop.step()
-        self.measurements.append({**asdict(m), "step": state.global_step, "epoch": state.epoch})
-        logs = m.logs()
-        if self._every is not None:
-            logs["autodrop/window_steps"] = float(m.window * self._every)
-        trainer = self._trainer_ref() if self._trainer_ref is not None else None
-        if trainer is not None:
-            _trainer_link.log(trainer, logs, control)  # log_history + every report_to integration
-        else:
-            state.log_history.append({**logs, "epoch": state.epoch, "step": state.global_step})
+        record = {name: getattr(m, name) for name in _FIELDS}
+        record["step"], record["epoch"] = state.global_step, state.epoch
+        cooldown_starts = m.cooldown and not (self.measurements and self.measurements[-1]["cooldown"])
+        self.measurements.append(record)
+        if self._journal is not None:
+            self._journal.append(record)
+        if self._logging:
+            logs = m.logs()
+            if self._every is not None:
+                logs["autodrop/window_steps"] = float(m.window * self._every)
+            self._pending = {
+                "logs": logs,
+                "step": state.global_step,
+                "dropped": m.dropped,
+                "lr_used": float(lr_used),
+                "lr_after": float(m.lrs[0]) if m.lrs else float(lr_used),
+                "event": bool(m.triggered or m.dropped or cooldown_starts),
+            }
+            if self._pending["event"] and self._every is None and not control.should_log:
+                self._log_pending(state, control)  # the Trainer does not log this epoch's end: a row of its own
+            # At a step's end an event waits: the Trainer may still log this step at the epoch's end
+            # (logging_strategy="epoch"); if it does not, on_epoch_end or on_step_begin logs it.
         if m.should_stop:
             logger.info("AutoDrop: every param group is at its floor; stopping training (stop_when_exhausted=True)")
             control.should_training_stop = True
+
+    def _flush_event(self, state, control) -> None:
+        """Log a pending trigger, drop or cooldown start the Trainer did not log with its own row."""
+        if self._pending is not None and self._pending["event"]:
+            self._log_pending(state, control)
+
+    def _log_pending(self, state, control) -> None:
+        """The pending measurement as a row of its own, through the Trainer's `log` when linked."""
+        logs, self._pending = self._pending["logs"], None
+        trainer = self._trainer_ref() if self._trainer_ref is not None else None
+        if trainer is not None:
+            _trainer_link.log(trainer, logs, control)  # log_history + every report_to integration + console
+        else:
+            state.log_history.append({**logs, "epoch": state.epoch, "step": state.global_step})
+
+    def _merge_into(self, logs: dict, state) -> None:
+        """Add the pending measurement's metrics to the Trainer's training log row `logs` (and its copy in
+        `log_history`), before the integrations and the console see it (see `_trainer_link.MergeLogs`)."""
+        pending = self._pending
+        if pending is None or ("loss" not in logs and "learning_rate" not in logs):
+            return  # nothing new, or not a training row (evaluation, the final summary)
+        self._pending = None
+        extra = dict(pending["logs"])
+        # The row of a drop's step shows the lr that step used: a Trainer that reads get_last_lr() after
+        # the drop (older transformers) would show the new one, which the next row shows.
+        if pending["dropped"] and pending["step"] == state.global_step and "learning_rate" in logs:
+            if logs["learning_rate"] == pending["lr_after"] != pending["lr_used"]:
+                extra["learning_rate"] = pending["lr_used"]
+        last = state.log_history[-1] if state.log_history else None
+        is_copy = (
+            last is not None
+            and last.get("step") == state.global_step
+            and all(last.get(k) is v for k, v in logs.items())
+        )
+        logs.update(extra)
+        if is_copy:
+            last.update(extra)
+
+    def _open_journal(self, args, state, resuming: bool, restored: bool) -> None:
+        """Process zero's `autodrop_measurements.jsonl`: afresh, or rewound to the resumed interval."""
+        if self._journal is not None:
+            self._journal.close()
+        self._journal = None
+        if not state.is_world_process_zero:
+            return
+        self._journal = MeasurementsLog(args.output_dir)
+        if restored:
+            self._journal.start(records=self.measurements)
+        elif resuming:  # no AutoDrop state: keep what the file holds up to the resumed step
+            self._journal.start(up_to_step=state.global_step)
+        else:
+            self._journal.start()
 
     def _link_trainer(self) -> None:
         """Find the Trainer running this event (see `_trainer_link`) to log through it."""
         trainer = _trainer_link.find_trainer()
         if trainer is not None:
-            self._trainer_ref = weakref.ref(trainer)
+            _trainer_link.link(trainer, self)
         elif self._trainer_ref is None and not self._warned_unlinked:
             self._warned_unlinked = True
             logger.info(
@@ -440,8 +531,11 @@ class AutoDropCallback(TrainerCallback, ExportableState):
             )
         return every
 
-    def _resume(self, args, state, info, resume_dir: str | None) -> None:
-        """Load this process's state file; every process resumes, or all stop with one error."""
+    def _resume(self, args, state, info, resume_dir: str | None) -> bool:
+        """Load this process's state file; every process resumes, or all stop with one error.
+
+        Returns True when AutoDrop's state was restored, False when it starts a fresh history.
+        """
         if info is None:
             logger.warning(
                 "AutoDrop: resuming at step %d without AutoDrop's saved state (the Trainer was not given "
@@ -452,22 +546,21 @@ class AutoDropCallback(TrainerCallback, ExportableState):
                 state.global_step,
                 self.config.threshold,
             )
-            return
-        missing = error = None
+            return False
+        outcome, missing, error = Outcome.LOADED, None, None
         try:
-            info = _checked_entry(info)
-            path = self._load(args, state, info, resume_dir)
-        except _Missing as err:
-            missing = err
+            path = self._load(args, state, checked_entry(info), resume_dir)
+        except Missing as err:
+            outcome, missing = Outcome.MISSING, err
         except Exception as err:  # noqa: BLE001 - every failure is reported, after all processes know
-            error = err
-        codes = agree(0 if missing is None and error is None else (1 if error is None else 2))
+            outcome, error = Outcome.UNLOADABLE, err
+        outcomes = [Outcome(code) for code in agree(outcome)]
         if self.autodrop.world_size == 1:
             if error is not None:
                 raise error
-        elif any(codes):
-            failed = {r: ("missing" if c == 1 else "unloadable") for r, c in enumerate(codes) if c}
-            if set(failed.values()) != {"missing"} or len(failed) != len(codes):
+        elif any(o is not Outcome.LOADED for o in outcomes):
+            failed = {r: o.name.lower() for r, o in enumerate(outcomes) if o is not Outcome.LOADED}
+            if set(failed.values()) != {"missing"} or len(failed) != len(outcomes):
                 raise RuntimeError(
                     f"AutoDrop cannot resume on every process: its state file is {failed} (by rank); this process: "
                     f"{error or missing or 'loaded'}. Every process stops instead of letting the replicas diverge. "
@@ -482,7 +575,7 @@ class AutoDropCallback(TrainerCallback, ExportableState):
                 self.config.threshold,
                 STATE_FILE,
             )
-            return
+            return False
         logger.info(
             "AutoDrop: resumed from %s (interval %d, %d drops, phase %s)",
             path,
@@ -490,6 +583,7 @@ class AutoDropCallback(TrainerCallback, ExportableState):
             self.autodrop.num_drops,
             self.autodrop.phase,
         )
+        return True
 
     def _load(self, args, state, info: dict, resume_dir: str | None) -> str:
         """Find this process's file of this checkpoint and load it; returns its path."""
@@ -506,42 +600,18 @@ class AutoDropCallback(TrainerCallback, ExportableState):
         # the usual place, then the folder recorded at save time.
         folders = [resume_dir, os.path.join(args.output_dir, f"checkpoint-{state.global_step}")]
         folders.append(os.path.dirname(info["file"]) if info.get("file") else None)
-        candidates = list(dict.fromkeys(os.path.abspath(os.path.join(f, name)) for f in folders if f))
-        rejected = []
-        for path in candidates:
-            if not os.path.isfile(path):
-                continue
-            try:
-                payload = torch.load(path, map_location="cpu", weights_only=True)
-            except Exception as err:  # noqa: BLE001 - any unreadable file is reported the same way
-                rejected.append(f"{path} is unreadable ({err})")
-                continue
-            if not isinstance(payload, dict) or not isinstance(payload.get("autodrop"), dict):
-                rejected.append(f"{path} is not an AutoDrop state file")
-                continue
-            found = (payload.get("run_id"), payload.get("global_step"), payload["autodrop"].get("interval"))
-            wanted = (info["run_id"], state.global_step, info["interval"])
-            if found != wanted:
-                rejected.append(
-                    f"{path} belongs to another run or step (run {found[0]}, step {found[1]}, interval {found[2]}; "
-                    f"this checkpoint's trainer_state.json records run {wanted[0]}, step {wanted[1]}, interval "
-                    f"{wanted[2]})"
-                )
-                continue
-            self.autodrop.load_state_dict(payload["autodrop"])
-            self._run_id = payload["run_id"]
-            self.measurements = list(payload.get("measurements", []))
-            return path
-        if rejected:
-            raise ValueError(
-                "refusing to resume from mismatched or damaged AutoDrop state: "
-                + "; ".join(rejected)
-                + ". Restore the checkpoint's own AutoDrop file, or delete it to restart AutoDrop's history."
-            )
-        raise _Missing(
-            f"the checkpoint records AutoDrop state (interval {info['interval']}, {info['num_drops']} drops) but "
-            f"{name} is missing (looked in {', '.join(os.path.dirname(c) for c in candidates)})."
-        )
+        path, payload = find_state(info, name, folders, state.global_step)
+        self.autodrop.load_state_dict(payload["autodrop"])
+        self._run_id = payload["run_id"]
+        self.measurements = list(payload.get("measurements", []))
+        # The state file is staged before the Trainer's log of its step: a measurement the checkpoint's
+        # log_history already shows is not pending any more.
+        pending = payload.get("pending_log")
+        logged = [h.get("step", -1) for h in state.log_history if "loss" in h or "autodrop/angle" in h]
+        if not self._logging or not isinstance(pending, dict) or pending.get("step", -1) <= max(logged, default=-1):
+            pending = None
+        self._pending = pending
+        return path
 
     def _claim(self, state) -> None:
         """Refuse a second AutoDropCallback in the same Trainer: every drop would be applied twice."""
@@ -555,159 +625,3 @@ class AutoDropCallback(TrainerCallback, ExportableState):
             )
         # A TrainerState lives for one Trainer's init or one train() call: the marker never outlives it.
         state._hf_autodrop_callback = weakref.ref(self)
-
-
-class _Missing(Exception):
-    """This process's state file is not there."""
-
-
-def _checked_entry(info) -> dict:
-    """The AutoDrop entry of trainer_state.json, or a clear error when it is damaged."""
-    expected = {"run_id": str, "interval": int, "num_drops": int, "world_size": int}
-    problems = (
-        ["it is not a mapping"]
-        if not isinstance(info, dict)
-        else [f"'{k}' is missing or not {t.__name__}" for k, t in expected.items() if not isinstance(info.get(k), t)]
-    )
-    if isinstance(info, dict) and not isinstance(info.get("file", ""), str):
-        problems.append("'file' is not a path")
-    if problems:
-        raise ValueError(
-            f"The AutoDrop entry of this checkpoint's trainer_state.json (stateful_callbacks.AutoDropCallback."
-            f"attributes._checkpoint) is damaged: {'; '.join(problems)}. Restore trainer_state.json from a copy, "
-            "or resume without restore_callback_states_from_checkpoint to restart AutoDrop's history."
-        )
-    return info
-
-
-def _atomic_save(payload: dict, path: str, fsync: bool = True) -> None:
-    """`torch.save` to a temporary name in the same folder, flushed (to disk with `fsync`), renamed into place."""
-    folder = os.path.dirname(path)
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            if fsync:
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    if fsync:
-        _fsync_dir(folder)
-
-
-class _Flush:
-    """`fsync` of a written file on a background thread (the GIL is released while the disk works)."""
-
-    def __init__(self, path: str):
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, args=(path,), name="autodrop-fsync", daemon=True)
-        self._thread.start()
-
-    def _run(self, path: str) -> None:
-        try:
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        except BaseException as err:  # noqa: BLE001 - re-raised in the training thread by wait()
-            self._error = err
-
-    def wait(self) -> None:
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-
-
-def _fsync_dir(folder: str) -> None:
-    """Make a rename in `folder` durable (a no-op where directories cannot be opened, e.g. Windows)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _trainer_local(name: str, kind: type, function: str = "_inner_training_loop", depth: int = 12):
-    """Local `name` (when of type `kind`) of the Trainer's `function` up the call stack.
-
-    The Trainer does not tell callbacks which checkpoint it resumes from; `_inner_training_loop` holds it
-    in its `resume_from_checkpoint` argument (transformers 4.45 to 5.x). None when not found.
-    """
-    frame = sys._getframe(1)
-    for _ in range(depth):
-        if frame is None:
-            return None
-        if frame.f_code.co_name == function:
-            value = frame.f_locals.get(name)
-            return value if isinstance(value, kind) else None
-        frame = frame.f_back
-    return None
-
-
-def _live_instance_being_restored(cls):
-    """The callback the Trainer's `_load_callback_state` is rebuilding right now, if that is the caller.
-
-    transformers (4.45 to 5.x) runs `new_callback = type(callback)(**args)` inside
-    `Trainer._load_callback_state` with the live instance in its local `callback`.
-    """
-    frame = sys._getframe(2)  # 0: here, 1: __new__, 2: whoever called the class
-    if frame is None or frame.f_code.co_name != "_load_callback_state":
-        return None
-    live = frame.f_locals.get("callback")
-    return live if type(live) is cls and hasattr(live, "config") else None
-
-
-class _TrainerLink(TrainerCallback):
-    """Gives every `AutoDropCallback` of a Trainer the Trainer's `log`, also after a resume rebuilt it."""
-
-    def __init__(self, trainer):
-        self._trainer = weakref.ref(trainer)
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        trainer = self._trainer()
-        if trainer is not None:
-            for cb in trainer.callback_handler.callbacks:
-                if isinstance(cb, AutoDropCallback):
-                    cb._trainer_ref = self._trainer
-        return control
-
-
-def install(trainer, callback: AutoDropCallback | None = None, **fields) -> AutoDropCallback:
-    """Add AutoDrop to a built `Trainer`, linked explicitly to `trainer.log`.
-
-    Not needed with a `transformers.Trainer` (or subclass): `Trainer(callbacks=[AutoDropCallback()])`
-    finds its Trainer by itself. `install` remains for code that already calls it, and for trainers
-    that are not `transformers.Trainer` subclasses but run its callbacks; the link survives the
-    callback being rebuilt on resume.
-
-    Example:
-        ```python
-        trainer = Trainer(model=model, args=args, train_dataset=train)
-        autodrop = install(trainer, drop_factor=0.2)
-        trainer.train()
-        ```
-    """
-    if callback is None:
-        callback = next((c for c in trainer.callback_handler.callbacks if isinstance(c, AutoDropCallback)), None)
-        if callback is None:
-            callback = AutoDropCallback(**fields)
-            trainer.add_callback(callback)
-        elif fields:
-            raise ValueError("the Trainer already has an AutoDropCallback; configure it there, not in install()")
-    elif callback not in trainer.callback_handler.callbacks:
-        trainer.add_callback(callback)
-    if not any(isinstance(c, _TrainerLink) for c in trainer.callback_handler.callbacks):
-        trainer.add_callback(_TrainerLink(trainer))
-    callback._trainer_ref = weakref.ref(trainer)
-    return callback

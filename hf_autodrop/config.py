@@ -6,7 +6,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-from .detectors import DETECTORS
+from .detectors import DETECTORS, make_test
 
 __all__ = ["AutoDropConfig"]
 
@@ -15,16 +15,9 @@ GROWTH_THRESHOLD = 0.2
 GROWTH_MIN_SAMPLES = 4
 GROWTH_MIN_PHASE = 1.0
 DROP_DELAY_FRACTION = 0.25
-# The cooldown of a run of known length: its final segment (this fraction of the run) starts at a lower lr.
+# The cooldown of a run of known length: its final segment (this fraction of the run) starts at a lower lr
+# (hf_autodrop/detectors/cooldown.py, with COOLDOWN_MAX_EXPONENT).
 COOLDOWN_FRACTION = 0.1
-# ... unless the parameters still drift: a growth exponent at or above this (1.5, halfway between noise
-# and drift on the log scale: the drift's share of D equals the noise's) means the run is far from its lr's
-# noise floor, and a drop would only slow it down.
-COOLDOWN_MAX_EXPONENT = 1.5
-# With the growth test and interval_steps=None: about this many intervals per run.
-GROWTH_INTERVALS_PER_RUN = 300
-# The paper's n_d: the omega tests' averaging intervals when drop_delay is None.
-PAPER_DROP_DELAY = 20
 
 
 def _is_number(value: object) -> bool:
@@ -182,9 +175,7 @@ class AutoDropConfig:
     @property
     def first_check(self) -> int:
         """The interval (after the start or a drop) of the test's first possible trigger."""
-        if self.detector == "growth":
-            return 2 * (self.growth_min_samples - 1)
-        return 3 if self.detector == "paper" else self.trend_window + 1
+        return make_test(self).first_check
 
     def averaging_intervals(self, t: int) -> int:
         """n_d for a trigger at interval `t` after the start or the last drop: `drop_delay` when set;
@@ -197,9 +188,7 @@ class AutoDropConfig:
         """
         if self.drop_delay is not None:
             return self.drop_delay
-        if self.detector != "growth":
-            return PAPER_DROP_DELAY
-        return max(1, round(self.drop_delay_fraction * t))
+        return make_test(self).default_averaging_intervals(t)
 
     @property
     def min_intervals_per_drop(self) -> int:
@@ -221,9 +210,7 @@ class AutoDropConfig:
             >>> AutoDropConfig(detector="trend").auto_interval_steps(1200)
             12
         """
-        if self.detector == "growth":
-            return max(1, int(max_steps) // GROWTH_INTERVALS_PER_RUN)
-        return max(1, int(max_steps) // (3 * self.min_intervals_per_drop))
+        return make_test(self).auto_interval_steps(max_steps)
 
     def replace(self, **changes: object) -> AutoDropConfig:
         """A copy with some fields changed (validated again); unknown names raise `TypeError`."""

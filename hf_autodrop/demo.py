@@ -29,6 +29,8 @@ import time
 import torch
 from torch import nn
 
+from ._extras import require
+
 __all__ = ["DigitsCNN", "DigitsDataset", "load_digits_arrays", "main", "run_demo", "train_digits"]
 
 DEFAULTS = dict(
@@ -99,8 +101,9 @@ class DigitsDataset(torch.utils.data.Dataset):
 @functools.lru_cache(maxsize=1)
 def load_digits_arrays():
     """scikit-learn's digits (shipped with it, offline): `x` float32 (1797, 64) in [0, 1], `y` int64 labels."""
-    import numpy as np
-    from sklearn.datasets import load_digits
+    with require("demo", "The demo", "numpy", "sklearn"):
+        import numpy as np
+        from sklearn.datasets import load_digits
 
     x, y = load_digits(return_X_y=True)
     return (x / 16.0).astype(np.float32), y.astype(np.int64)
@@ -108,7 +111,8 @@ def load_digits_arrays():
 
 def load_digits_splits(seed: int = 0):
     """The digits as 1x8x8 images: 75 % train, 25 % test, stratified."""
-    from sklearn.model_selection import train_test_split
+    with require("demo", "The demo", "sklearn"):
+        from sklearn.model_selection import train_test_split
 
     x, y = load_digits_arrays()
     return train_test_split(x.reshape(-1, 1, 8, 8), y, test_size=0.25, random_state=seed, stratify=y)
@@ -116,9 +120,10 @@ def load_digits_splits(seed: int = 0):
 
 def train_digits(cfg: dict, output_dir: str, dry_run: bool = False) -> dict:
     """One Trainer run of the demo; `dry_run=True` measures everything but keeps the lr constant."""
-    from transformers import PrinterCallback, Trainer, TrainingArguments
+    with require("demo", "The demo", "transformers", "accelerate"):
+        from transformers import PrinterCallback, Trainer, TrainingArguments
 
-    from hf_autodrop import AutoDropCallback
+        from hf_autodrop import AutoDropCallback
 
     x_train, x_test, y_train, y_test = load_digits_splits(cfg["seed"])
     torch.manual_seed(cfg["seed"])
@@ -141,8 +146,8 @@ def train_digits(cfg: dict, output_dir: str, dry_run: bool = False) -> dict:
         dataloader_num_workers=0,
     )
     settings = {"drop_factor": cfg["drop_factor"], "detector": cfg["detector"], "dry_run": dry_run}
-    if cfg["detector"] == "paper":
-        settings.update(threshold=cfg["threshold"], max_threshold=cfg["max_threshold"])
+    # Only the omega tests read the paper's threshold; the others ignore it.
+    settings.update(threshold=cfg["threshold"], max_threshold=cfg["max_threshold"])
     if cfg["drop_delay"] >= 0:
         settings["drop_delay"] = cfg["drop_delay"]
     autodrop = AutoDropCallback(**settings)

@@ -79,9 +79,15 @@ class LRGroups:
         if not hasattr(optimizer, "param_groups"):
             raise TypeError(f"optimizer must be a torch Optimizer, got {type(optimizer).__name__}")
         self.scheduler = scheduler = unwrap_scheduler(scheduler)
+        if scheduler is not None and hasattr(scheduler, "param_groups"):
+            raise TypeError(
+                f"the third argument is the scheduler; you passed an optimizer ({type(scheduler).__name__}). Pass "
+                "the scheduler built on this optimizer, or leave it out (AutoDrop(model, optimizer) with no scheduler)."
+            )
         if scheduler is not None and not callable(getattr(scheduler, "step", None)):
             raise TypeError(f"scheduler must be a torch LRScheduler (or None), got {type(scheduler).__name__}")
         if scheduler is not None:
+            self._check_scheduler_optimizer(scheduler)
             names = {type(s).__name__ for s in _all_schedulers(scheduler)}
             bad = names.intersection(_UNSUPPORTED)
             if bad or self._base_lr_owner() is None:
@@ -118,6 +124,25 @@ class LRGroups:
                 )
         self.floors = [min_lr if min_lr is not None else 1e-3 * lr for lr in self.initial]
         self.scales = [1.0] * len(self.initial)
+
+    def _check_scheduler_optimizer(self, scheduler) -> None:
+        """Refuse a scheduler (or a scheduler inside `SequentialLR`/`ChainedScheduler`) built on another optimizer.
+
+        Both sides are unwrapped (accelerate's and DeepSpeed's wrappers keep the optimizer they wrap in
+        `.optimizer`); a wrapper sharing the optimizer's `param_groups` is the same optimizer too.
+        """
+        for s in _all_schedulers(scheduler):
+            owner = getattr(s, "optimizer", None)
+            if owner is None or not hasattr(owner, "param_groups"):
+                continue  # a scheduler that does not say which optimizer it drives
+            if unwrap_optimizer(owner) is self.optimizer or owner.param_groups is self.optimizer.param_groups:
+                continue
+            raise ValueError(
+                f"the scheduler {type(s).__name__} was built on another optimizer ({type(owner).__name__} at "
+                f"{id(owner):#x}) than the one AutoDrop was given ({type(self.optimizer).__name__} at "
+                f"{id(self.optimizer):#x}): every drop would scale a schedule that does not set this optimizer's lr. "
+                "Pass the scheduler built on this optimizer (the one whose optimizer.step() trains the model)."
+            )
 
     def check_groups(self) -> None:
         """Raise when the optimizer's param groups are no longer the ones AutoDrop was built for."""

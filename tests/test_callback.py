@@ -49,6 +49,21 @@ def _callback(trainer) -> AutoDropCallback:
     return next(c for c in trainer.callback_handler.callbacks if isinstance(c, AutoDropCallback))
 
 
+def _event_steps(measurements) -> set[int]:
+    """The steps of the intervals that log a row of their own: a trigger, a drop, the cooldown's start."""
+    events, cooled = set(), False
+    for m in measurements:
+        if m["triggered"] or m["dropped"] or (m["cooldown"] and not cooled):
+            events.add(m["step"])
+        cooled = m["cooldown"]
+    return events
+
+
+def _trainer_log_steps(trainer) -> list[int]:
+    """The steps of the Trainer's own training log rows (the ones holding the training loss)."""
+    return [h["step"] for h in trainer.state.log_history if "loss" in h]
+
+
 class _LrRecorder(TrainerCallback):
     """The lr each optimizer step used."""
 
@@ -87,7 +102,10 @@ class TestLogging:
         trainer.train()
         # 256 / 32 = 8 batches = 4 optimizer updates per epoch, 12 in all.
         assert trainer.state.global_step == 12
-        assert [e["step"] for e in autodrop_entries(trainer)] == [5, 10]
+        assert [m["step"] for m in _callback(trainer).measurements] == [5, 10]
+        # Logged with the Trainer's epoch rows: the interval ending at step 5 at step 8, the one at 10 at 12.
+        entries = autodrop_entries(trainer)
+        assert [e["step"] for e in entries] == [8, 12] and [e["autodrop/since_anchor"] for e in entries] == [1, 2]
 
     @pytest.mark.parametrize("how", ["one-liner", "install"])
     def test_metrics_reach_tensorboard(self, tmp_path, monkeypatch, how):
@@ -342,9 +360,11 @@ class TestCooldown:
         # 8 epochs at lr 0.05: the loss is still falling fast (growth exponent about 1.6 at the end).
         trainer = make_trainer(tmp_path, [AutoDropCallback(**self.CONFIG)], num_train_epochs=8)
         trainer.train()
-        entries = autodrop_entries(trainer)
-        assert len(entries) == 64 and entries[-1]["autodrop/statistic"] > 1.5
-        assert not any(e["autodrop/cooldown"] or e["autodrop/num_drops"] for e in entries)
+        measurements = _callback(trainer).measurements
+        assert len(measurements) == 64 and measurements[-1]["statistic"] > 1.5
+        assert not any(m["cooldown"] or m["num_drops"] or m["triggered"] for m in measurements)
+        # No event: AutoDrop's metrics ride on the Trainer's 8 epoch rows only.
+        assert [e["step"] for e in autodrop_entries(trainer)] == [STEPS_PER_EPOCH * k for k in range(1, 9)]
 
 
 class TestResume:
@@ -582,16 +602,25 @@ class TestOddRuns:
         trainer = make_trainer(tmp_path, [AutoDropCallback(detector="trend")], num_train_epochs=5)
         trainer.train()
         assert "measuring every 1 optimizer steps instead (40 intervals)" in autodrop_logs.text
-        assert [e["step"] for e in autodrop_entries(trainer)] == list(range(1, 41))
+        measurements = _callback(trainer).measurements
+        assert [m["step"] for m in measurements] == list(range(1, 41))
+        # The Trainer's epoch rows carry the latest interval; a trigger or drop between them has a row of its own.
+        epochs = [STEPS_PER_EPOCH * k for k in range(1, 6)]
+        assert _trainer_log_steps(trainer) == epochs
+        assert [e["step"] for e in autodrop_entries(trainer)] == sorted(set(epochs) | _event_steps(measurements))
 
     def test_growth_test_measures_about_300_times_and_logs_its_time_scale(self, tmp_path, autodrop_logs):
         # 80 epochs of 8 steps = 640 steps: every 640 // 300 = 2 steps, whatever the epoch count.
         trainer = make_trainer(tmp_path, [AutoDropCallback()], num_train_epochs=80)
         trainer.train()
         assert "measuring every 2 optimizer steps (320 intervals" in autodrop_logs.text
+        measurements = _callback(trainer).measurements
+        assert [m["step"] for m in measurements] == list(range(2, 641, 2))
         entries = autodrop_entries(trainer)
-        assert [e["step"] for e in entries] == list(range(2, 641, 2))
+        epochs = [STEPS_PER_EPOCH * k for k in range(1, 81)]
+        assert [e["step"] for e in entries] == sorted(set(epochs) | _event_steps(measurements))
         last = entries[-1]
+        assert last["step"] == 640 and last["autodrop/since_anchor"] == measurements[-1]["since_anchor"]
         t = int(last["autodrop/since_anchor"])
         assert last["autodrop/window"] == t - (t + 1) // 2 + 1
         assert last["autodrop/window_steps"] == 2 * last["autodrop/window"]
@@ -601,9 +630,20 @@ class TestOddRuns:
         # 3 epochs of 8 steps, a drop needs 3 + 1 intervals: every 24 // 12 = 2 steps, a drop at step 8.
         trainer = make_trainer(tmp_path, [AutoDropCallback(drop_delay=1, **ALWAYS)], num_train_epochs=3)
         trainer.train()
+        measurements = _callback(trainer).measurements
+        assert [m["step"] for m in measurements] == list(range(2, 25, 2))
+        assert measurements[3]["num_drops"] == 1 and measurements[3]["dropped"]
+        # Triggers at steps 6, 14, 22 get rows of their own; the drops at 8, 16, 24 share the epoch rows.
         entries = autodrop_entries(trainer)
-        assert [e["step"] for e in entries] == list(range(2, 25, 2))
-        assert entries[3]["autodrop/num_drops"] == 1
+        assert [e["step"] for e in entries] == [6, 8, 14, 16, 22, 24]
+        assert [("loss" in e, e["autodrop/num_drops"]) for e in entries] == [
+            (False, 0),
+            (True, 1),
+            (False, 1),
+            (True, 2),
+            (False, 2),
+            (True, 3),
+        ]
 
     def test_too_long_interval_warns_and_says_what_to_change(self, tmp_path, autodrop_logs):
         make_trainer(tmp_path, [AutoDropCallback(interval_steps=8)], num_train_epochs=5).train()

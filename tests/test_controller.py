@@ -450,7 +450,7 @@ def test_measurement_logs_have_the_spec_keys():
         angle=80.0,
         angle_change=0.5,
         statistic=0.5,
-        threshold=1.0,
+        tolerance=1.0,
         phase="averaging",
         lr_scale=0.1,
         dropped=False,

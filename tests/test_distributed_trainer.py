@@ -60,7 +60,7 @@ def test_ddp_angles_and_drops_equal_the_single_process_run(runs):
     for m in single["measurements"]:  # no trigger check may hinge on less than the tolerance
         if phase == "monitor" and not math.isnan(m["angle_change"]):
             assert abs(m["angle_change"] - threshold) > 0.01
-        threshold, phase = m["threshold"], m["phase"]
+        threshold, phase = m["tolerance"], m["phase"]
     for rank in (0, 1):
         run = ddp["full", rank]
         assert _decisions(run) == _decisions(single)

@@ -487,3 +487,105 @@ def test_a_save_decided_after_the_step_and_without_fsync_still_resumes_exactly(s
     assert _clean(autodrop_entries(resumed)) == _clean(autodrop_entries(full))
     for p, q in zip(resumed.model.parameters(), full_params):
         assert torch.equal(p.detach(), q)
+
+
+# ------------------------------------------------------------------------------ faults that ended unclean
+def test_a_loop_that_skips_non_finite_steps_and_repairs_a_parameter_trains_on(autodrop_logs):
+    """GradScaler skips a step whose gradients are not finite; the loop repairs the infinite weight itself.
+
+    The interval after the fault has no optimizer step but a parameter moved (from inf back to a finite
+    value): that is the non-finite path ("no trigger or drop at this interval"), not a rebuilt optimizer.
+    """
+    torch.manual_seed(0)
+    model = torch.nn.Linear(8, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    scaler = torch.amp.GradScaler("cpu")
+    ad = AutoDrop(model, opt)
+    x, y = torch.randn(32, 8), torch.randn(32, 1)
+    good = [p.detach().clone() for p in model.parameters()]
+    skipped = 0
+    for step in range(12):  # one optimizer step per interval
+        opt.zero_grad()
+        loss = (model(x) - y).pow(2).mean()
+        scaler.scale(loss).backward()
+        before = opt.param_groups[0]["params"][0].detach().clone()
+        scaler.step(opt)  # skipped when the gradients hold inf/NaN
+        scaler.update()
+        with torch.no_grad():
+            if not torch.isfinite(loss):
+                skipped += torch.equal(before, model.weight.detach())
+                for p, g in zip(model.parameters(), good):  # the loop repairs it from its last finite copy
+                    p.copy_(g)
+            else:
+                good = [p.detach().clone() for p in model.parameters()]
+            if step == 4:  # a fault leaves a weight infinite at the interval's end
+                model.weight[0, 3] = math.inf
+        m = ad.step()
+    assert skipped == 1 and m.interval == 12 and torch.isfinite(model.weight).all()
+    assert autodrop_logs.text.count("NaN/Inf") == 2  # the interval to the fault, the one back from it
+
+
+def test_a_state_missing_a_field_says_how_to_restart_or_restore():
+    params = _params((4,))
+    opt = torch.optim.SGD(params, lr=0.1)
+    ad = AutoDrop(params, opt)
+    _train_step(params, opt)
+    ad.step()
+    state = ad.state_dict()
+    del state["recent_angles"]
+    with pytest.raises(ValueError, match="KeyError: 'recent_angles'") as err:
+        AutoDrop(params, opt).load_state_dict(state)
+    assert "Restore the state file from a copy" in str(err.value)
+    assert "a new AutoDrop without loading this state" in str(err.value)
+    assert "restore_callback_states_from_checkpoint" in str(err.value)
+
+
+def test_a_state_of_another_trainable_set_of_the_same_count_says_what_to_do():
+    model = MLP()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    model.fc1.weight.requires_grad_(False)  # one set of frozen parameters when saving ...
+    state = AutoDrop(model, opt).state_dict()
+    model.fc1.weight.requires_grad_(True)
+    model.fc2.weight.requires_grad_(False)  # ... another, of the same count, when loading
+    with pytest.raises(ValueError, match="belongs to another model") as err:
+        AutoDrop(model, opt).load_state_dict(state)
+    message = str(err.value)
+    assert "Resume with the trainable parameters it was saved with" in message
+    assert "a new AutoDrop without loading this state" in message
+    assert "delete its autodrop_state file" in message
+
+
+class TestSchedulerOfAnotherOptimizer:
+    def test_a_scheduler_built_on_another_optimizer_is_refused(self):
+        params = _params((3,))
+        opt, other = torch.optim.SGD(params, lr=0.1), torch.optim.SGD(_params((3,)), lr=0.1)
+        sched = torch.optim.lr_scheduler.LambdaLR(other, lambda s: 1.0)
+        with pytest.raises(ValueError, match="was built on another optimizer") as err:
+            AutoDrop(params, opt, sched)
+        assert "Pass the scheduler built on this optimizer" in str(err.value)
+
+    def test_an_optimizer_where_the_scheduler_goes_is_refused_as_such(self):
+        params = _params((3,))
+        opt = torch.optim.SGD(params, lr=0.1)
+        with pytest.raises(TypeError, match="the third argument is the scheduler; you passed an optimizer"):
+            AutoDrop(params, opt, opt)
+
+    def test_accelerate_wrappers_of_the_same_optimizer_and_scheduler_are_accepted(self):
+        from accelerate import Accelerator
+
+        params = _params((3,))
+        opt = torch.optim.SGD(params, lr=0.1)
+        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=5)
+        wrapped_opt, wrapped_sched = Accelerator(cpu=True).prepare(opt, sched)
+        assert wrapped_opt is not opt and wrapped_sched is not sched
+        ad = AutoDrop(params, wrapped_opt, wrapped_sched)
+        assert ad.lr_scales == [1.0]
+
+    def test_a_wrapped_scheduler_of_another_optimizer_is_refused(self):
+        from accelerate import Accelerator
+
+        params = _params((3,))
+        opt, other = torch.optim.SGD(params, lr=0.1), torch.optim.SGD(_params((3,)), lr=0.1)
+        wrapped_sched = Accelerator(cpu=True).prepare(torch.optim.lr_scheduler.StepLR(other, step_size=5))
+        with pytest.raises(ValueError, match="was built on another optimizer"):
+            AutoDrop(params, opt, wrapped_sched)

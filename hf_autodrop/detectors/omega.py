@@ -1,20 +1,4 @@
-"""Saturation tests: when has the run stopped making progress at its learning rate?
-
-`growth` (the default): how fast does the squared distance from the anchor grow? The anchor x_a is the
-point where the current learning rate began (the start, or the averaged point of the last drop);
-D(s) = |x_s - x_a|^2 is recorded at every interval s. While the parameters drift, D grows like s^2;
-under pure noise (a random walk) like s; once they fluctuate around a stationary point, D stops
-growing (s^0). The test fits the exponent of that growth, the least-squares slope of log D against
-log s, over the latter half [t/2, t] of the time t since the anchor, and calls the run saturated when
-it has fallen below `growth_threshold`. The window is a fixed fraction of the time at this learning
-rate, so the statistic is a property of the trajectory, not of how often it is sampled: measuring
-every k or every 4k steps reads the same curve D and gives the same exponent, and the decision moves
-by about one interval when the interval changes. The angle omega the paper measures is the same
-quantity at the scale of one interval: for a trajectory whose increments are stationary, with
-E|x_(s+k) - x_s|^2 = S(k), cos(omega) = S(2k) / (2 S(k)) - 1 between two consecutive k-step
-displacements, which is 0 degrees for drift (S ~ k^2), 90 for a random walk (S ~ k) and 120 for a
-stationary process (S flat) -- so omega tests the growth exponent at the lag of one interval, a scale
-the user picks, while `growth` tests it at the scale of the time since the last drop.
+"""The tests on the angle omega between consecutive displacements: the paper's, and the trend test.
 
 `paper`: abs(omega_t - omega_(t-1)) < threshold (degrees), the test of the AutoDrop paper. It
 compares one noisy difference with a fixed number of degrees, so it fires at random when omega is
@@ -39,16 +23,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-__all__ = [
-    "DETECTORS",
-    "change_statistic",
-    "growth_exponent",
-    "growth_window_start",
-    "trend_statistic",
-    "trend_window_size",
-]
-
-DETECTORS = ("growth", "paper", "trend")
+# The paper's n_d: the omega tests' averaging intervals when drop_delay is None.
+PAPER_DROP_DELAY = 20
 
 
 def change_statistic(previous: float, angle: float) -> float:
@@ -108,41 +84,79 @@ def trend_statistic(angles: Sequence[float]) -> float:
     return (abs(slope) + se) * n / scatter
 
 
-def growth_window_start(t: int) -> int:
-    """The first interval of the growth test's window [t/2, t]: `ceil(t / 2)` (at least 1).
+class _OmegaTest:
+    """What the omega tests share: averaging for the paper's n_d, the paper's growing threshold, no anchor."""
 
-    Example:
-        >>> [growth_window_start(t) for t in (1, 2, 3, 8, 9)]
-        [1, 1, 2, 4, 5]
-    """
-    return max(1, (t + 1) // 2)
+    uses_anchor = False
+    uses_threshold = True
+    cools_down = False
+    measures_per_epoch = True
+
+    def __init__(self, config):
+        self.config = config
+
+    def default_averaging_intervals(self, t: int) -> int:
+        return PAPER_DROP_DELAY
+
+    def auto_interval_steps(self, max_steps: int) -> int:
+        # For runs with fewer epochs than a drop needs: room for about three drops.
+        cfg = self.config
+        return max(1, int(max_steps) // (3 * cfg.min_intervals_per_drop))
+
+    def angles_kept(self, t: int) -> int:
+        return 1
+
+    def observe(self, t: int, distance_sq: float) -> None:
+        pass
+
+    def reset(self) -> None:
+        pass
+
+    def resume_refusal(self, saved_config) -> str | None:
+        return None
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
 
 
-def growth_exponent(times: Sequence[float], distances: Sequence[float]) -> float:
-    """The least-squares slope of log D against log s: how D grows with time over these samples.
+class PaperTest(_OmegaTest):
+    """The paper's test: abs(omega_t - omega_(t-1)) < threshold degrees, first at the third interval."""
 
-    `times` are the sample times s (in any unit: a common factor shifts log s and leaves the slope
-    alone), `distances` the squared distances D(s) from the anchor. About 2 for a drift (D ~ s^2),
-    1 for a random walk (D ~ s), 0 once D has stopped growing. NaN with fewer than 3 samples, or when
-    a distance is not a positive finite number (the parameters did not move, or NaN/Inf).
+    first_check = 3
 
-    Example:
-        >>> round(growth_exponent([4, 5, 6, 7, 8], [s * s for s in (4, 5, 6, 7, 8)]), 6)
-        2.0
-        >>> round(growth_exponent([40, 50, 60, 70, 80], [3.0 * s for s in (40, 50, 60, 70, 80)]), 6)
-        1.0
-        >>> growth_exponent([4, 5, 6, 7, 8], [9.0] * 5)
-        0.0
-    """
-    n = len(times)
-    if n != len(distances):
-        raise ValueError(f"times and distances differ in length ({n} and {len(distances)})")
-    if n < 3 or not all(math.isfinite(d) and d > 0.0 for d in distances) or not all(s > 0 for s in times):
-        return math.nan
-    xs = [math.log(s) for s in times]
-    ys = [math.log(d) for d in distances]
-    x_mean, y_mean = math.fsum(xs) / n, math.fsum(ys) / n
-    sxx = math.fsum((x - x_mean) ** 2 for x in xs)
-    if sxx == 0.0:
-        return math.nan
-    return math.fsum((x - x_mean) * (y - y_mean) for x, y in zip(xs, ys)) / sxx
+    def statistic(self, t: int, angle: float, change: float, recent: list[float], last_phase: int) -> tuple[float, int]:
+        return change, 2
+
+    def tolerance(self, threshold: float) -> float:
+        return threshold
+
+
+class TrendTest(_OmegaTest):
+    """The trend test: omega's drift over the latter half of the angles since the anchor, in units of its
+    scatter, below `trend_z` grown like the paper's threshold."""
+
+    @property
+    def first_check(self) -> int:
+        return self.config.trend_window + 1
+
+    def angles_kept(self, t: int) -> int:
+        # The next interval's window (the t angles kept so far, counting interval 1's undefined one), or all
+        # of them while fewer than trend_window.
+        w = self.config.trend_window
+        return max(w, trend_window_size(t, w))
+
+    def statistic(self, t: int, angle: float, change: float, recent: list[float], last_phase: int) -> tuple[float, int]:
+        # Angles exist from the second interval after the reset: t - 1 of them.
+        n = trend_window_size(t - 1, self.config.trend_window)
+        return (trend_statistic((recent + [angle])[-n:]) if n else math.nan), n
+
+    def tolerance(self, threshold: float) -> float:
+        return self.config.trend_z * threshold / self.config.threshold
+
+    def resume_refusal(self, saved_config) -> str | None:
+        if self.config.trend_window > saved_config.trend_window:
+            return "the state keeps only the angles the smaller trend_window needs."
+        return None
