@@ -83,7 +83,7 @@ def run(engine: str, out: str, batch: int, resume: int | None = None) -> dict:
     return {
         "world_size": trainer.args.world_size,
         "measurements": [
-            {k: m[k] for k in ("epoch", "angle", "angle_change", "threshold", "dropped", "phase", "lrs")}
+            {k: m[k] for k in ("epoch", "angle", "angle_change", "tolerance", "dropped", "phase", "lrs")}
             for m in callback.measurements
         ],
         "params": full_parameters(trainer),
