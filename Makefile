@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 
-.PHONY: demo test setup-demo setup-dev lint bench wheel-check
+.PHONY: demo test setup-demo setup-dev lint bench wheel-check test-oldest setup-oldest
 .PHONY: cards cards-check
 
 $(VENV)/bin/python:
@@ -31,6 +31,27 @@ demo: setup-demo
 
 test: setup-dev
 	$(OFFLINE) $(PY) -m pytest -n 2
+
+# The callback reads Trainer internals, so the callback and Trainer tests also run against the oldest
+# transformers and accelerate that pyproject.toml allows: its `hf` extra's lower bounds, pinned exactly, in a
+# second venv (torch as above). tests/_oldest_versions.py bridges the two test-harness differences of
+# transformers 4 (TensorBoard's folder; schedules that came later) and prints the versions it ran.
+OLDEST_VENV ?= .venv-oldest
+OLDEST_PY := $(OLDEST_VENV)/bin/python
+OLDEST_PINS = $(shell sed -n 's/^hf = \[\(.*\)\]$$/\1/p' pyproject.toml | tr -d ',' | sed 's/>=/==/g')
+OLDEST_TESTS := tests/test_callback.py tests/test_callback_logging.py tests/test_reliability.py \
+	tests/test_distributed_trainer.py tests/test_demo.py
+
+$(OLDEST_VENV)/.oldest: pyproject.toml
+	$(PYTHON) -m venv $(OLDEST_VENV)
+	$(OLDEST_PY) -m pip install -q "torch==2.14.1"
+	$(OLDEST_PY) -m pip install -q -e ".[demo]" $(OLDEST_PINS) "pytest>=8" pytest-timeout tensorboard
+	touch $@
+
+setup-oldest: $(OLDEST_VENV)/.oldest
+
+test-oldest: setup-oldest
+	$(OFFLINE) $(OLDEST_PY) -m pytest -p no:xdist -p tests._oldest_versions $(OLDEST_TESTS)
 
 # model_cards/<recipe>.md: the card each recipe publishes, rendered from the recipes (cards-check: CI, writes nothing).
 cards: setup-dev

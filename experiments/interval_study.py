@@ -58,8 +58,8 @@ DEFAULT, PAPER = "AutoDrop (defaults)", "AutoDrop, paper test (rho 0.1, theta 0.
 SETUP = """\
 AutoDrop runs with every `AutoDropConfig` default (the growth test: threshold {threshold}, at least
 {min_samples} measurements in the window [t/2, t], averaging over {fraction} of the time since the start or
-the last drop, each phase at least {min_phase} x the previous one; the cooldown of the run's last
-{cooldown} unless a drop landed there or the parameters still drift, growth exponent >= {cooldown_exponent};
+the last drop, each phase at least {min_phase} x the previous one; the 1 - sqrt decay to the floor
+over the run's last {cooldown};
 drop factor 0.1; floor 1e-3 x the initial lr); only `interval_steps` changes along the grid. Every run
 knows its length (the Trainer callback reads `max_steps`; the NQM simulator calls `set_horizon`). I is the automatic interval,
 `AutoDropConfig().auto_interval_steps(total_steps)` = total // {per_run}; the I column sets nothing (the
@@ -608,7 +608,7 @@ def main(argv=None) -> str:
     by_task = {t: _groups([r for r in runs if r["task"] == t]) for t in dict.fromkeys(r["task"] for r in runs)}
 
     cfg = AutoDropConfig()
-    from hf_autodrop.detectors import COOLDOWN_MAX_EXPONENT, GROWTH_INTERVALS_PER_RUN
+    from hf_autodrop.detectors import GROWTH_INTERVALS_PER_RUN
 
     sections = [
         "## Setup\n\n"
@@ -618,7 +618,6 @@ def main(argv=None) -> str:
             fraction=cfg.drop_delay_fraction,
             min_phase=cfg.growth_min_phase,
             cooldown=cfg.cooldown_fraction,
-            cooldown_exponent=COOLDOWN_MAX_EXPONENT,
             per_run=GROWTH_INTERVALS_PER_RUN,
             nqm_lr=NQM_LR,
         )

@@ -71,6 +71,13 @@ def DigitsCNN() -> nn.Module:
     return DigitsCNN(batchnorm=False, hidden=64)
 
 
+def DigitsBNCNN() -> nn.Module:
+    """The demo's CNN as the demo trains it: with BatchNorm, 64-unit hidden layer (an SGD + BatchNorm task)."""
+    from hf_autodrop.demo import DigitsCNN
+
+    return DigitsCNN(batchnorm=True, hidden=64)
+
+
 # ---------------------------------------------------------------------------- char LM
 VOCAB = 128  # ASCII; any other byte becomes "?"
 
@@ -136,6 +143,37 @@ class CharTransformer(nn.Module):
 
 
 NATS_TO_BITS = 1.0 / math.log(2.0)
+
+
+# ---------------------------------------------------------------------------- a transformers GPT-2
+def gpt2_splits(context: int = 64):
+    """The char LM's splits in GPT-2's convention: `input_ids` = `labels` (the model shifts them itself).
+
+    The same `context + 1` characters per sequence as `charlm_splits`, so the same `context` predictions.
+    """
+    return tuple(
+        TensorDataset(input_ids=ids, labels=ids)
+        for ids in (torch.cat([d.tensors["input_ids"], d.tensors["labels"][:, -1:]], 1) for d in charlm_splits(context))
+    )
+
+
+def TinyGPT2(context: int = 64) -> nn.Module:
+    """transformers' GPT-2 built from a config (nothing downloaded): 2 layers, width 64, 2 heads, ASCII."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(
+        vocab_size=VOCAB,
+        n_positions=context + 1,
+        n_embd=64,
+        n_layer=2,
+        n_head=2,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        bos_token_id=None,
+        eos_token_id=None,
+    )
+    return GPT2LMHeadModel(config)
 
 
 # ---------------------------------------------------------------------------- Friedman #1

@@ -28,6 +28,9 @@ from .common import Study, fmt, markdown_table, mean_std
 
 __all__ = ["Method", "TaskSpec", "run_one", "run_all", "PAPER_AUTODROP", "standard_methods"]
 
+# WSD's cooldown share (transformers' warmup_stable_decay, decay_type "1-sqrt"): the peers' standard.
+WSD_FRACTION = 0.2
+
 # The paper's AutoDrop settings (its test, theta_0, theta_max, n_d); the drop factor varies per row.
 PAPER_AUTODROP = dict(detector="paper", threshold=0.01, max_threshold=1.0, drop_delay=20)
 
@@ -37,7 +40,8 @@ class Method:
     """How the lr is scheduled in one row of the comparison.
 
     kind: "constant", "multistep" (drop by `factor` at 30/60/80% of the run, the paper's baselines),
-    "cosine", "plateau" (the Trainer's `reduce_lr_on_plateau` with its defaults, on the validation
+    "cosine", "linear", "wsd" (the Trainer's `warmup_stable_decay`: constant, then 1 - sqrt to 0 over the
+    run's last 20 %), "plateau" (the Trainer's `reduce_lr_on_plateau` with its defaults, on the validation
     loss), "schedulefree" (schedulefree's SGD/AdamW with 5% warm-up) or "autodrop" (`AutoDropCallback`
     with `autodrop` fields on a constant lr). `lr_scale` multiplies the task's (or the sweep's) lr.
     """
@@ -74,9 +78,15 @@ class TaskSpec:
 def _data_and_model(task: TaskSpec):
     from . import tasks
 
+    if task.name.startswith("digits_bn"):
+        train, val, test = tasks.digits_splits()
+        return train, val, test, tasks.DigitsBNCNN, _digits_metric
     if task.name.startswith("digits"):
         train, val, test = tasks.digits_splits()
         return train, val, test, tasks.DigitsCNN, _digits_metric
+    if task.name.startswith("gpt2"):
+        train, val, test = tasks.gpt2_splits()
+        return train, val, test, tasks.TinyGPT2, _charlm_metric
     if task.name.startswith("charlm"):
         train, val, test = tasks.charlm_splits()
         return train, val, test, tasks.CharTransformer, _charlm_metric
@@ -145,7 +155,16 @@ def run_one(task: TaskSpec, method: Method, seed: int, lr: float | None = None) 
     model = model_cls()
     optimizer = _make_optimizer(task, method, model, run_lr, total)
     scheduler = _multistep(optimizer, total, steps_per_unit, method.factor) if method.kind == "multistep" else None
-    schedule_type = {"cosine": "cosine", "plateau": "reduce_lr_on_plateau"}.get(method.kind, "constant")
+    schedule_type = {
+        "cosine": "cosine",
+        "linear": "linear",
+        "wsd": "warmup_stable_decay",
+        "plateau": "reduce_lr_on_plateau",
+    }.get(method.kind, "constant")
+    # WSD as the peers issue defines it: no warm-up, 1 - sqrt over the last 20 % of the steps, to 0.
+    schedule_kwargs = (
+        {"num_decay_steps": round(WSD_FRACTION * total), "decay_type": "1-sqrt"} if method.kind == "wsd" else {}
+    )
 
     curve: list[dict] = []
     eval_time = [0.0]
@@ -222,6 +241,7 @@ def run_one(task: TaskSpec, method: Method, seed: int, lr: float | None = None) 
             learning_rate=run_lr,
             weight_decay=task.weight_decay,
             lr_scheduler_type=schedule_type,
+            lr_scheduler_kwargs=schedule_kwargs,
             max_grad_norm=task.max_grad_norm,
             eval_strategy=("epoch" if task.eval_steps is None else "steps") if plateau else "no",
             eval_steps=task.eval_steps if plateau else None,
@@ -262,7 +282,7 @@ def run_one(task: TaskSpec, method: Method, seed: int, lr: float | None = None) 
         "angle",
         "angle_change",
         "statistic",
-        "threshold",
+        "tolerance",
         "triggered",
         "dropped",
         "num_drops",

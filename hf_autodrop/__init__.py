@@ -1,16 +1,27 @@
 """hf_autodrop: drop the learning rate automatically when the angular velocity of the parameters saturates.
 
-The core (`AutoDrop`, `AutoDropConfig`, `angle_degrees`) needs only torch. `AutoDropCallback` (for the
-Hugging Face `Trainer`) is imported lazily, so `import hf_autodrop` works without transformers.
+The core (`AutoDrop`, `AutoDropConfig`, `angle_degrees`, `newest_complete_checkpoint`) needs only torch.
+`AutoDropCallback` (for the Hugging Face `Trainer`) is imported lazily, so `import hf_autodrop` works without
+transformers.
 """
 
 from .angles import angle_degrees
+from .checkpoints import checkpoint_problem, newest_complete_checkpoint
 from .config import AutoDropConfig
 from .controller import AutoDrop, Measurement
 
 __version__ = "0.1.0"
 
-__all__ = ["AutoDrop", "AutoDropCallback", "AutoDropConfig", "Measurement", "angle_degrees", "__version__"]
+__all__ = [
+    "AutoDrop",
+    "AutoDropCallback",
+    "AutoDropConfig",
+    "Measurement",
+    "angle_degrees",
+    "checkpoint_problem",
+    "newest_complete_checkpoint",
+    "__version__",
+]
 
 
 def __getattr__(name: str):

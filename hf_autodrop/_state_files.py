@@ -17,6 +17,7 @@ import json
 import math
 import os
 import threading
+import time
 
 import torch
 
@@ -37,6 +38,8 @@ __all__ = [
 
 STATE_FILE = "autodrop_state.pt"
 MEASUREMENTS_FILE = "autodrop_measurements.jsonl"
+# The longest a measurement record waits in memory before `MeasurementsLog` writes it.
+WRITE_EVERY_S = 1.0
 
 
 def state_file_name(rank: int, world_size: int) -> str:
@@ -219,8 +222,11 @@ def json_line(record: dict) -> str:
 class MeasurementsLog:
     """`autodrop_measurements.jsonl`: every interval's record, one JSON object per line, in order.
 
-    Each record is written with one `write` and flushed, so a killed process leaves at most a partial
-    last line. `start` begins the file afresh, or on resume rewrites it (atomically: temporary name,
+    Records are written in batches, one `write` and a flush each: at most `WRITE_EVERY_S` after the last
+    write, whenever the Trainer saves a checkpoint (`flush`, so that the file holds every interval up to
+    it), and at the run's end. A killed process loses at most the last second's records and leaves at most
+    a partial last line. (A `write` and a flush per interval cost 0.1-0.2 ms, a few percent of a small
+    model's step at an interval of one step.) `start` begins the file afresh, or on resume rewrites it (atomically: temporary name,
     rename) with the records the run had up to the resumed checkpoint, so that no interval is missing
     or written twice whatever the file held beyond that checkpoint.
     """
@@ -228,6 +234,8 @@ class MeasurementsLog:
     def __init__(self, output_dir: str):
         self.path = os.path.join(output_dir, MEASUREMENTS_FILE)
         self._file = None
+        self._pending: list[dict] = []  # records not written yet
+        self._written_at = time.monotonic()
 
     def start(self, records: list[dict] | None = None, up_to_step: int | None = None) -> None:
         """Open the log: with `records`, holding exactly them; with `up_to_step` only (a resume without
@@ -257,10 +265,21 @@ class MeasurementsLog:
 
     def append(self, record: dict) -> None:
         if self._file is not None:
-            self._file.write(json_line(record))
+            self._pending.append(record)
+            if time.monotonic() - self._written_at >= WRITE_EVERY_S:
+                self.flush()
+
+    def flush(self) -> None:
+        """Write the pending records (one `write`) and flush them to the operating system."""
+        self._written_at = time.monotonic()
+        if self._file is not None and self._pending:
+            self._file.write("".join(json_line(r) for r in self._pending))
             self._file.flush()
+        self._pending = []
 
     def close(self) -> None:
         if self._file is not None:
+            self.flush()
             self._file.close()
             self._file = None
+        self._pending = []

@@ -165,6 +165,27 @@ class FlatCopy:
             cache[(d, chunk)] = chunks
         return cache[(d, chunk)]
 
+    def _targets(self, d: int, chunk: int) -> list[list[torch.Tensor]]:
+        """Per chunk of `_chunks(d, chunk)`, the views of this buffer its pieces are written through: a
+        tensor's own shaped view when the piece is the whole tensor, else a flat slice. Built once (the
+        per-interval cost of a model's worth of small views is what a small model notices)."""
+        key = ("targets", d, chunk)
+        cache = self._chunk_cache
+        if key not in cache:
+            flat = self.flats[d]
+            cache[key] = [
+                [self.views[i] if a == 0 and n == self.views[i].numel() else flat[f : f + n] for i, a, f, n in pieces]
+                for _, _, pieces in self._chunks(d, chunk)
+            ]
+        return cache[key]
+
+    def _source(self, tensor: torch.Tensor, i: int, a: int, n: int) -> torch.Tensor:
+        """Elements `a:a+n` of `tensor` (the `i`-th), shaped like the matching entry of `_targets`."""
+        shape = self.shapes[i]
+        if a == 0 and n == self.views[i].numel():
+            return tensor if tensor.shape == shape else tensor.reshape(shape)
+        return tensor.reshape(-1)[a : a + n]
+
     def advance(self, tensors: Sequence[torch.Tensor], spare: FlatCopy, extra: Sequence[tuple] = ()) -> torch.Tensor:
         """The end of an interval in one pass: `self <- self - tensors`, the sums, then `spare <- tensors`.
 
@@ -179,25 +200,27 @@ class FlatCopy:
         spare._before_read()
         known = spare._norm_sq
         pairs = 2 if known is not None else 3
-        flat_tensors = [t.detach().reshape(-1) for t in tensors]
         total = torch.zeros(pairs + len(extra), dtype=torch.float64)
-        for d, device in enumerate(self.devices):
-            mine, theirs = self.flats[d], spare.flats[d]
-            chunk = chunk_elements(device)
-            counted = self._counted_sizes[d]
-            table = torch.empty((-(-counted // chunk), pairs + len(extra)), dtype=torch.float64, device=device)
-            scratch = self._scratch(d, chunk, counted, max(pairs, len(extra)))
-            for row, (lo, hi, pieces) in enumerate(self._chunks(d, chunk)):
-                sources = [flat_tensors[i][a : a + n] for i, a, _, n in pieces]
-                torch._foreach_sub_([mine[f : f + n] for _, _, f, n in pieces], sources)
-                end = min(hi, counted)  # elements past the counted prefix enter no sum
-                if end > lo:
-                    x, y = mine[lo:end], theirs[lo:end]
-                    chunk_dots([(x, y), (x, x), (y, y)][:pairs], table[row], scratch)
-                torch._foreach_copy_([theirs[f : f + n] for _, _, f, n in pieces], sources)
-                if end > lo and extra:
-                    chunk_dots(_chunk_pairs(extra, d, lo, end, device), table[row, pairs:], scratch)
-            total += table.sum(0).cpu()
+        with torch.no_grad():  # the sources are only read; no per-tensor detach needed
+            for d, device in enumerate(self.devices):
+                mine, theirs = self.flats[d], spare.flats[d]
+                chunk = chunk_elements(device)
+                counted = self._counted_sizes[d]
+                table = torch.empty((-(-counted // chunk), pairs + len(extra)), dtype=torch.float64, device=device)
+                scratch = self._scratch(d, chunk, counted, max(pairs, len(extra)))
+                for row, ((lo, hi, pieces), targets, spare_targets) in enumerate(
+                    zip(self._chunks(d, chunk), self._targets(d, chunk), spare._targets(d, chunk))
+                ):
+                    sources = [self._source(tensors[i], i, a, n) for i, a, _, n in pieces]
+                    torch._foreach_sub_(targets, sources)
+                    end = min(hi, counted)  # elements past the counted prefix enter no sum
+                    if end > lo:
+                        x, y = mine[lo:end], theirs[lo:end]
+                        chunk_dots([(x, y), (x, x), (y, y)][:pairs], table[row], scratch)
+                    torch._foreach_copy_(spare_targets, sources)
+                    if end > lo and extra:
+                        chunk_dots(_chunk_pairs(extra, d, lo, end, device), table[row, pairs:], scratch)
+                total += table.sum(0).cpu()
         return self._finish_advance(spare, total, known)
 
     def _finish_advance(self, spare: FlatCopy, total: torch.Tensor, known: float | None) -> torch.Tensor:

@@ -33,6 +33,7 @@ from ._state_files import atomic_save as _atomic_save  # noqa: F401 - the name b
 from ._trainer_link import install
 from .config import AutoDropConfig
 from .controller import AutoDrop, Measurement
+from .detectors import make_test
 from .distributed import agree
 from .lr import unwrap_optimizer
 
@@ -68,8 +69,8 @@ class AutoDropCallback(TrainerCallback, ExportableState):
     its own. With `logging_strategy="no"` nothing is logged there (the drops still go to the
     `hf_autodrop` logger at INFO). Every interval's record is in `measurements` and, on process zero,
     in `output_dir/autodrop_measurements.jsonl` (one JSON object per line, NaN written as null). It tells AutoDrop the run's length
-    (`max_steps`), so that with the default growth test a run that never saturates still starts its last
-    `cooldown_fraction` (a tenth) at a lower lr, unless its parameters still drift then.
+    (`max_steps`), so that with the default growth test the lr decays to its floor over the run's last
+    `cooldown_fraction` (a fifth), along 1 - sqrt, as transformers' `warmup_stable_decay` cools down.
 
     Checkpoints hold AutoDrop's tensors in `checkpoint-N/autodrop_state.pt` (with several processes, one
     `autodrop_state-rank{R}-of-{W}.pt` per process), written atomically before the Trainer writes the
@@ -249,6 +250,8 @@ class AutoDropCallback(TrainerCallback, ExportableState):
         # Process zero wrote its file in state(); the others' staged files are moved in place by it, or
         # here. A process whose file is not in the checkpoint yet (a save decided after on_step_end, such
         # as save_strategy="best") writes it now.
+        if self._journal is not None:
+            self._journal.flush()
         if self.autodrop is not None and self._written_step != state.global_step:
             self._move_staged(self.autodrop.rank)
             path = self._state_path(self._output_dir, state.global_step)
@@ -306,6 +309,8 @@ class AutoDropCallback(TrainerCallback, ExportableState):
         """
         if self.autodrop is None or not control.should_save or self._staged_step == self._global_step:
             return
+        if self._journal is not None:
+            self._journal.flush()  # the measurements file holds every interval up to the checkpoint
         self._staged_step = self._global_step
         rank = self.autodrop.rank
         error = None
@@ -463,12 +468,11 @@ class AutoDropCallback(TrainerCallback, ExportableState):
         start = self.autodrop.cooldown_start
         if report and start is not None:
             logger.info(
-                "AutoDrop: the run ends after %.6g intervals; unless a drop lands in its final %.3g (from interval "
-                "%d on) or the parameters still drift then, it starts that segment at a lower lr "
-                "(cooldown_fraction=%g; 0 turns it off).",
+                "AutoDrop: the run ends after %.6g intervals; over its final %.3g (from interval %d on) the lr "
+                "decays to its floor along 1 - sqrt (cooldown_fraction=%g; 0 turns it off).",
                 horizon,
                 self.config.cooldown_fraction,
-                start,
+                start + 1,
                 self.config.cooldown_fraction,
             )
 
@@ -499,18 +503,20 @@ class AutoDropCallback(TrainerCallback, ExportableState):
                     state.max_steps,
                 )
             return every
-        if cfg.detector == "growth":
-            # The growth test's decision does not depend on the interval; measuring about 200 times per run
-            # keeps its window well sampled early in the run, at any run length.
-            every = cfg.auto_interval_steps(state.max_steps)
+        test = make_test(cfg)
+        if not test.measures_per_epoch:
+            # A test whose decision does not depend on the interval (the growth test): measuring about 300
+            # times per run keeps its window well sampled early in the run, at any run length.
+            every = test.auto_interval_steps(state.max_steps)
             if report:
                 logger.info(
                     "AutoDrop: measuring every %d optimizer steps (%d intervals over the run's %d steps); the "
-                    "growth test judges saturation over the latter half of the time since the start or the last "
+                    "%s test judges saturation over the latter half of the time since the start or the last "
                     "drop, whatever the interval. Set interval_steps to choose yourself.",
                     every,
                     state.max_steps // every,
                     state.max_steps,
+                    cfg.detector,
                 )
             return every
         epochs = math.ceil(state.num_train_epochs)

@@ -15,9 +15,9 @@ GROWTH_THRESHOLD = 0.2
 GROWTH_MIN_SAMPLES = 4
 GROWTH_MIN_PHASE = 1.0
 DROP_DELAY_FRACTION = 0.25
-# The cooldown of a run of known length: its final segment (this fraction of the run) starts at a lower lr
-# (hf_autodrop/detectors/cooldown.py, with COOLDOWN_MAX_EXPONENT).
-COOLDOWN_FRACTION = 0.1
+# The cooldown of a run of known length: the lr decays to its floor over this fraction of the run, along
+# 1 - sqrt (hf_autodrop/detectors/cooldown.py; docs/results/peers.md measures it).
+COOLDOWN_FRACTION = 0.2
 
 
 def _is_number(value: object) -> bool:
@@ -81,17 +81,18 @@ class AutoDropConfig:
         drop_delay_fraction (`float`, defaults to 0.25):
             With `drop_delay=None` and the `"growth"` test: the averaging lasts this fraction of the
             time since the start or the last drop, measured at the trigger (> 0).
-        cooldown_fraction (`float`, defaults to 0.1):
-            With the `"growth"` test and a run of known length (the Trainer callback knows it; a custom
-            loop tells `AutoDrop.set_horizon`): the run's last `cooldown_fraction` starts at a lower lr.
-            A run that ends before its learning rate has saturated (AdamW's parameters diffuse for far
-            longer than most runs) still sits above the loss its lr's noise allows; one drop at the start
-            of the final segment collects that gain, as a cosine schedule's tail or a warm-up-stable-decay
-            schedule's cooldown does. The averaging window before it ends where the segment starts. It is
-            skipped while the parameters still drift (growth exponent over [t/2, t] at or above 1.5: the
-            loss is still falling fast), when the current lr began less than one segment before the
-            segment (a drop just landed), or when a drop already landed inside the segment. At most one per
-            run; 0 turns it off. The omega tests (`"paper"`, `"trend"`) never cool down.
+        cooldown_fraction (`float`, defaults to 0.2):
+            With the `"growth"` test and a run of known length (the Trainer callback knows it from
+            `max_steps`; a custom loop passes `AutoDrop(..., horizon=N)` or calls `set_horizon(N)`): over
+            the run's last `cooldown_fraction` every group's lr decays from the lr in force to its floor
+            along 1 - sqrt of the segment's progress, the cooldown of transformers'
+            `warmup_stable_decay` schedule. Before it the saturation test drops the lr where the run
+            settles; inside it the decay alone sets the lr (an averaging window still open when it
+            begins drops at once). The segment is also the shortest time scale a saturation drop is
+            judged on: no drop triggers before `cooldown_fraction` of the run has passed since the start
+            or the last drop (an early stall, as AdamW's first hundred steps can show, is not saturation;
+            the decay anneals on that scale anyway). 0 turns both off. The omega tests (`"paper"`,
+            `"trend"`) never cool down.
         interval_steps (`int` or `None`, defaults to `None`):
             `None`: with the `"growth"` test, every `auto_interval_steps(max_steps)` optimizer updates
             (about 300 intervals per run, logged); with the omega tests once per epoch, or, when
@@ -114,7 +115,7 @@ class AutoDropConfig:
 
     Example:
         >>> AutoDropConfig(drop_factor=0.2, drop_delay=5)
-        AutoDropConfig(drop_factor=0.2, min_lr=None, threshold=0.01, max_threshold=1.0, detector='growth', growth_threshold=0.2, growth_min_samples=4, growth_min_phase=1.0, trend_window=10, trend_z=1.0, drop_delay=5, drop_delay_fraction=0.25, cooldown_fraction=0.1, interval_steps=None, average_buffers=True, dry_run=False, stop_when_exhausted=False, offload_to_cpu=False)
+        AutoDropConfig(drop_factor=0.2, min_lr=None, threshold=0.01, max_threshold=1.0, detector='growth', growth_threshold=0.2, growth_min_samples=4, growth_min_phase=1.0, trend_window=10, trend_z=1.0, drop_delay=5, drop_delay_fraction=0.25, cooldown_fraction=0.2, interval_steps=None, average_buffers=True, dry_run=False, stop_when_exhausted=False, offload_to_cpu=False)
     """
 
     drop_factor: float = 0.1
@@ -165,7 +166,10 @@ class AutoDropConfig:
         if not _is_finite(self.drop_delay_fraction) or self.drop_delay_fraction <= 0:
             raise bad("drop_delay_fraction", "a finite number > 0 (a fraction of the time since the last drop)")
         if not _is_finite(self.cooldown_fraction) or not 0 <= self.cooldown_fraction < 0.5:
-            raise bad("cooldown_fraction", "a number in [0, 0.5) (the share of the run to start at a lower lr; 0: off)")
+            raise bad(
+                "cooldown_fraction",
+                "a number in [0, 0.5) (the share of the run over which the lr decays to its floor; 0: off)",
+            )
         if self.interval_steps is not None and (not _is_int(self.interval_steps) or self.interval_steps < 1):
             raise bad("interval_steps", "None (one interval per epoch) or an integer >= 1")
         for name in ("average_buffers", "dry_run", "stop_when_exhausted", "offload_to_cpu"):

@@ -17,7 +17,7 @@ from ._inputs import check_optimizer_holds, split_model, wrapper_chain
 from .angles import angle_from_sums
 from .averaging import FlatCopy, OffloadedFlatCopy
 from .config import AutoDropConfig
-from .detectors import COOLDOWN_MAX_EXPONENT, Cooldown, CooldownTrigger, change_statistic, make_test
+from .detectors import Cooldown, change_statistic, make_test
 from .distributed import local_shards
 from .lr import LRGroups
 from .measurement import AVERAGING, MONITOR, Measurement
@@ -70,13 +70,21 @@ class AutoDrop:
     """
 
     def __init__(
-        self, model_or_params, optimizer, scheduler=None, config: AutoDropConfig | dict | None = None, **overrides
+        self,
+        model_or_params,
+        optimizer,
+        scheduler=None,
+        config: AutoDropConfig | dict | None = None,
+        *,
+        horizon: float | None = None,
+        **overrides,
     ):
         if isinstance(scheduler, AutoDropConfig):
             raise TypeError("the third argument is the scheduler; pass the configuration as config=AutoDropConfig(...)")
         self.config = cfg = AutoDropConfig.coerce(config, **overrides)
         self._test = make_test(cfg)
         self._cooldown = Cooldown(cfg.cooldown_fraction if self._test.cools_down else 0.0)
+        self._cooldown.set_horizon(horizon)
         self._params, buffers = split_model(model_or_params)
         if not self._params:
             raise ValueError(
@@ -139,13 +147,17 @@ class AutoDrop:
         tolerance = test.tolerance(s.threshold)
         self._report_bad_values(finite, norm_sq, prev_norm_sq)
 
+        # Inside the run's final segment the decay alone sets the lr: no trigger, and a window still open drops now.
+        decaying = self._cooldown.progress(s.interval) is not None
         triggered = dropped = exhausted = False
         if s.phase == MONITOR:
-            saturated = finite and statistic < tolerance  # False while the statistic is undefined (NaN)
-            cooldown = None if saturated or not finite else self._cooldown_due(statistic)
-            if saturated or cooldown is not None:
+            # False while the statistic is undefined (NaN), at an interval where nothing moved (a frozen model
+            # or an lr of 0 holds D still: no evidence of saturation), inside the decay, and, in a run of known
+            # length, before the phase has lasted as long as the final segment (a transient stall is not saturation).
+            moved = norm_sq > 0.0
+            if finite and moved and statistic < tolerance and not decaying and t >= self._cooldown.shortest_phase:
                 triggered = True
-                self._begin_averaging(norm_sq, cooldown, window)
+                self._begin_averaging(norm_sq)
         elif finite and not self._absurd(norm_sq):
             s.averaged += 1
             weight = 2.0 / (s.averaged + 1)
@@ -153,11 +165,13 @@ class AutoDrop:
             if self._buffer_average is not None:
                 self._buffer_average.lerp_from(self._buffers, weight)
 
-        if s.phase == AVERAGING and s.averaged == s.averaging_intervals + 1:
+        if s.phase == AVERAGING and (s.averaged == s.averaging_intervals + 1 or decaying):
             dropped = True
             exhausted = self._drop(angle)
         else:
             s.recent_angles = (s.recent_angles + [angle])[-test.angles_kept(t) :]
+        if decaying:
+            self._decay()
 
         return Measurement(
             interval=s.interval,
@@ -198,30 +212,31 @@ class AutoDrop:
             self._test.observe(self._state.since_anchor, distance_sq)
         return sums[0], sums[1], sums[2], distance_sq
 
-    def _begin_averaging(self, norm_sq: float, cooldown: CooldownTrigger | None, window: int) -> None:
+    def _begin_averaging(self, norm_sq: float) -> None:
         """Enter the averaging phase: this interval's snapshot is the first of the running average."""
         s = self._state
         s.phase, s.averaged, s.trigger_norm_sq = AVERAGING, 1, norm_sq
-        if cooldown is None:
-            s.averaging_intervals = self.config.averaging_intervals(s.since_anchor)
-        else:
-            s.averaging_intervals = cooldown.averaging_intervals
-            self._cooldown.triggered()
-            logger.info(
-                "AutoDrop: cooldown of the run's final %.3g at interval %d (the run ends after %.6g intervals; "
-                "growth exponent %.3f over the last %d, below %.3g: not drifting): averaging for %d "
-                "interval(s), then dropping",
-                self._cooldown.fraction,
-                s.interval,
-                self._cooldown.horizon,
-                cooldown.exponent,
-                window,
-                COOLDOWN_MAX_EXPONENT,
-                s.averaging_intervals,
-            )
+        s.averaging_intervals = self.config.averaging_intervals(s.since_anchor)
         self._average = self._snapshot.clone()
         if self._buffers:
             self._buffer_average = FlatCopy.of(self._buffers)
+
+    def _decay(self) -> None:
+        """Set every group's lr for the next interval of the run's final segment (1 - sqrt to the floor)."""
+        first, before = not self._cooldown.cooled, self._lr.current_lrs()
+        scales = self._cooldown.scales(self._state.interval, self._lr.scales, self._lr.floor_scales())
+        self._lr.set_scales(scales, apply=not self.config.dry_run)
+        if first:
+            logger.info(
+                "AutoDrop: cooldown of the run's final %.3g from interval %d (the run ends after %.6g intervals): "
+                "the lr decays from %s to its floor %s along 1 - sqrt%s",
+                self._cooldown.fraction,
+                self._state.interval,
+                self._cooldown.horizon,
+                _fmt(before),
+                _fmt(self._lr.floors),
+                " (dry run: not applied)" if self.config.dry_run else "",
+            )
 
     def _check_unchanged(self, params: list[torch.Tensor]) -> None:
         """Clear errors for a training loop that changed what AutoDrop was built on (cheap: no tensor math)."""
@@ -269,9 +284,9 @@ class AutoDrop:
     # ------------------------------------------------------------------ the cooldown of a run of known length
     def set_horizon(self, intervals: float | None) -> None:
         """Tell AutoDrop how many intervals the run has in all (counting from its start, resumed runs
-        included), or None when unknown. With the `"growth"` test this enables the cooldown
-        (`AutoDropConfig.cooldown_fraction`): the run's final segment starts at a lower lr. The Trainer
-        callback sets it from `max_steps`; a custom loop of N intervals calls `set_horizon(N)`."""
+        included), or None when unknown; `AutoDrop(..., horizon=N)` does the same at construction. With
+        the `"growth"` test this enables the cooldown (`AutoDropConfig.cooldown_fraction`): the lr decays
+        to its floor over the run's final segment. The Trainer callback sets it from `max_steps`."""
         self._cooldown.set_horizon(intervals)
 
     @property
@@ -281,17 +296,8 @@ class AutoDrop:
 
     @property
     def cooldown_start(self) -> int | None:
-        """The interval at which the final segment starts (the cooldown's drop lands), or None."""
+        """The first interval at whose end the cooldown sets the lr (its decay has begun), or None."""
         return self._cooldown.start
-
-    def _cooldown_due(self, statistic: float) -> CooldownTrigger | None:
-        """The cooldown's trigger when due now; `statistic`: this interval's growth exponent when the test
-        computed it (NaN: it was not due, and the cooldown fits the exponent itself)."""
-        s = self._state
-        usual = self.config.averaging_intervals(s.since_anchor)
-        return self._cooldown.due(
-            s.interval, s.since_anchor, usual, lambda: statistic if math.isfinite(statistic) else self._test.exponent()
-        )
 
     def _drop(self, angle: float) -> bool:
         cfg, s = self.config, self._state
@@ -306,7 +312,6 @@ class AutoDrop:
         exhausted = self._lr.drop(cfg.drop_factor, apply=not cfg.dry_run)
         s.threshold = min(cfg.max_threshold, s.threshold / cfg.drop_factor)
         s.num_drops += 1
-        self._cooldown.dropped(s.interval)
         # Reset the history: the (averaged) parameters are the new x_0 and the new anchor.
         s.last_phase = s.since_anchor
         s.phase, s.averaged, s.since_anchor = MONITOR, 0, 0

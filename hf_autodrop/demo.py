@@ -1,7 +1,7 @@
 """The demo: a small CNN on scikit-learn's digits, trained by the Hugging Face `Trainer` with AutoDrop.
 
-Runs offline on a CPU in well under two minutes, prints the drops (epoch, lr, angle) and the test
-error, and writes `autodrop_demo/curves.png` (lr, training loss, angle and test error per epoch).
+Runs offline on a CPU in well under two minutes, prints the drops (epoch, lr, angle), the cooldown and
+the test error, and writes `autodrop_demo/curves.png` (lr, training loss, angle and test error per epoch).
 
     python -m hf_autodrop.demo            # or: hf-autodrop-demo
     python -m hf_autodrop.demo --help
@@ -10,8 +10,9 @@ The demo runs the library's defaults (`AutoDropCallback()`): the growth test, wi
 of a run of known length. On this task the parameters never settle at lr 0.05 within 60 epochs
 (random shifts of every image and BatchNorm keep them moving: growth exponent about 0.4 late in the
 run, above the 0.2 that means "settled", below the 1.5 that means "still drifting"), so the
-saturation test stays quiet and the one drop is the cooldown's: the last tenth of the run (from
-epoch 54) runs at lr 0.005, after averaging the parameters over the quarter of the run before it.
+saturation test stays quiet and the lr changes only in the cooldown: over the last fifth of the run
+(from epoch 48) it decays from 0.05 to its floor 5e-5 along 1 - sqrt, as a warm-up-stable-decay
+schedule's cooldown does.
 `--detector paper --threshold 1 --max-threshold 5 --drop-delay 5` runs the paper's test from its
 largest threshold instead, which drops three times. docs/results explains when each test fires.
 """
@@ -196,7 +197,22 @@ def train_digits(cfg: dict, output_dir: str, dry_run: bool = False) -> dict:
             for m in autodrop.measurements
             if m["dropped"]
         ],
+        "cooldown": _cooldown(autodrop.measurements),
         "epochs": [{"epoch": e, **per_epoch[e]} for e in epochs],
+    }
+
+
+def _cooldown(measurements: list[dict]) -> dict | None:
+    """Where the end-of-run decay began and the lrs it went from and to, or None (no decay in the run)."""
+    inside = [i for i, m in enumerate(measurements) if m["cooldown"]]
+    if not inside:
+        return None
+    first = inside[0]
+    before = measurements[first - 1]["lrs"][0] if first else None
+    return {
+        "from_epoch": round(measurements[first]["epoch"], 2),
+        "from_lr": before,
+        "to_lr": measurements[-1]["lrs"][0],
     }
 
 
@@ -250,10 +266,12 @@ def _plot(record: dict, path: str) -> str:
             ax.set_yscale("symlog", linthresh=1e-3) if key == "eval_error" else ax.set_yscale("log")
         for drop in record["autodrop"]["drops"]:
             ax.axvline(drop["epoch"], color="tab:red", ls="--", lw=0.8)
+        if record["autodrop"].get("cooldown"):
+            ax.axvspan(record["autodrop"]["cooldown"]["from_epoch"], rows[-1]["epoch"], color="tab:blue", alpha=0.08)
         ax.grid(alpha=0.3)
     axes[0].legend(loc="lower left")
     axes[-1].set_xlabel("epoch")
-    axes[0].set_title("AutoDrop on scikit-learn digits (red dashes: drops)")
+    axes[0].set_title("AutoDrop on scikit-learn digits (red dashes: drops; shaded: the cooldown)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -269,6 +287,11 @@ def _print_summary(record: dict) -> None:
         print(f"{i:>4} {d['epoch']:>6g} {d['lr']:>10.3g} {d['angle']:>12.2f}{note}")
     if not run["drops"]:
         print("   (no drop)")
+    if run.get("cooldown"):
+        c = run["cooldown"]
+        print(
+            f"cooldown: from epoch {c['from_epoch']:g} the lr decays from {c['from_lr']:.3g} to {c['to_lr']:.3g} (1 - sqrt)"
+        )
     runs = [("AutoDrop", run)] + ([("constant lr", record["constant_lr"])] if "constant_lr" in record else [])
     for name, r in runs:
         print(

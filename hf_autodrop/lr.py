@@ -181,6 +181,18 @@ class LRGroups:
             self._scale(factors)
         return all(f == 1.0 for f in factors)
 
+    def floor_scales(self) -> list[float]:
+        """Every group's floor as a scale of its initial lr (the scale it cannot drop below)."""
+        return [f / i if i > 0 else 1.0 for f, i in zip(self.floors, self.initial)]
+
+    def set_scales(self, scales: list[float], apply: bool) -> None:
+        """Set every group's lr to `scale` x its initial one (the cooldown's decay), keeping the schedule's
+        shape like a drop; with `apply=False` (dry run) only the virtual scales move."""
+        factors = [new / old if old > 0 else 1.0 for new, old in zip(scales, self.scales)]
+        self.scales = [new if old > 0 else old for new, old in zip(scales, self.scales)]
+        if apply:
+            self._scale(factors)
+
     def _scale(self, factors: list[float]) -> None:
         for group, f in zip(self.optimizer.param_groups, factors):
             group["lr"] = group["lr"] * f

@@ -44,9 +44,8 @@ class Measurement:
         since_anchor: t, the intervals since the start or the last drop (0 right after a drop).
         distance_sq: D(t) = |x_t - x_a|^2, the squared distance from the anchor (the start or the
             last drop's averaged point); NaN with the omega tests, which do not keep the anchor.
-        cooldown: the run's cooldown has begun: its final segment's drop was triggered at or before this
-            interval by the run's end (`cooldown_fraction`), not by saturation, or a drop landed inside
-            that segment (so none is added).
+        cooldown: the run's cooldown has begun: from this interval on the lr decays to its floor over the
+            run's final segment (`cooldown_fraction` of a run of known length).
     """
 
     interval: int

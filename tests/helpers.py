@@ -109,3 +109,14 @@ def copy_checkpoint(out, step, tmp_path):
     state["stateful_callbacks"]["AutoDropCallback"]["attributes"]["_checkpoint"]["file"] = str(ckpt / STATE_FILE)
     path.write_text(json.dumps(state))
     return ckpt
+
+
+def wsd_multiplier(step: float, total: int, fraction: float = 0.2, floor: float = 1e-3) -> float:
+    """transformers' warmup_stable_decay multiplier (no warm-up, 1 - sqrt over the last `fraction` of `total`
+    steps, min_lr_ratio `floor`: AutoDrop's default floor) at `step`: the decay AutoDrop's must match."""
+    from transformers.optimization import get_wsd_schedule
+
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    decay = round(fraction * total)
+    schedule = get_wsd_schedule(optimizer, 0, decay, num_training_steps=total, decay_type="1-sqrt", min_lr_ratio=floor)
+    return schedule.lr_lambdas[0](step)

@@ -47,6 +47,11 @@ def test_advance_is_subtract_sums_copy_in_one_pass(kind, monkeypatch):
     want = [s2 @ s1, s2 @ s2, s1 @ s1, (_flat64(x2) - _flat64(anchor.views)).square().sum()]
     assert sums == pytest.approx([w.item() for w in want], rel=1e-6, abs=1e-6 * (s1.norm() * s2.norm()).item())
     assert torch.equal(torch.cat([v.reshape(-1) for v in snapshot.views]), _flat64(x2).float())
+    # ... and the other buffer holds -s_t = x1 - x2, rounded once in float32, whole tensors and cut ones alike.
+    assert torch.equal(
+        torch.cat([v.reshape(-1) for v in spare.views]),
+        torch.cat([a.reshape(-1) - b.reshape(-1) for a, b in zip(x1, x2)]),
+    )
     # |s_(t-1)|^2 comes from the previous pass only while nothing else wrote the buffer.
     spare.load([torch.ones(spare.flats[0].numel())], "displacement")
     n = spare.flats[0].numel()

@@ -12,7 +12,7 @@ from transformers.trainer_utils import SchedulerType
 from hf_autodrop import AutoDropCallback
 from hf_autodrop.callback import STATE_FILE, install
 
-from .helpers import ALWAYS, MLP, autodrop_entries, copy_checkpoint, make_trainer
+from .helpers import ALWAYS, MLP, autodrop_entries, copy_checkpoint, make_trainer, wsd_multiplier
 
 KEYS = {
     "autodrop/angle",
@@ -341,30 +341,49 @@ class TestResumeGrowth:
 
 
 class TestCooldown:
-    """The Trainer tells AutoDrop the run's length: its final tenth starts at a lower lr unless still drifting."""
+    """The Trainer tells AutoDrop the run's length: its final fifth decays to the floor along 1 - sqrt."""
 
-    # growth_threshold 1e-9: the saturation test never fires, so the only drop is the cooldown's.
+    # growth_threshold 1e-9: the saturation test never fires, so the decay is the only change of the lr.
     CONFIG = dict(growth_threshold=1e-9)
 
-    def test_the_final_segment_starts_lower_and_resume_is_exact(self, tmp_path, caplog):
+    def test_the_final_segment_decays_like_wsd_and_resume_inside_it_is_exact(self, tmp_path, caplog):
         with caplog.at_level(logging.INFO, logger="hf_autodrop"):
-            measurements = _resume_matches_straight_run(tmp_path, self.CONFIG, 30, 24, learning_rate=0.2)
-        # 30 epochs of 8 steps, one interval per step (240 // 300 -> 1): the segment starts at step 216.
-        assert [m["step"] for m in measurements if m["dropped"]] == [216]
-        trigger = next(m["step"] for m in measurements if m["triggered"])
-        assert trigger < 24 * 8 < 216  # the resume (epoch 24) lands inside the averaging window
-        assert all(m["cooldown"] == (m["step"] >= trigger) for m in measurements)
-        assert "the run ends after 240 intervals" in caplog.text and "cooldown of the run's final 0.1" in caplog.text
+            measurements = _resume_matches_straight_run(tmp_path, self.CONFIG, 30, 26, learning_rate=0.2)
+        # 30 epochs of 8 steps, one interval per step (240 // 300 -> 1): the decay covers steps 193-240.
+        for m in measurements:  # the lr after step s is the one step s + 1 trains with
+            assert m["lrs"][0] == pytest.approx(0.2 * wsd_multiplier(m["step"] + 0.5, 240), rel=1e-9), m["step"]
+        assert not any(m["dropped"] or m["triggered"] for m in measurements)
+        assert [m["step"] for m in measurements if m["cooldown"]] == list(range(192, 241))
+        assert "the run ends after 240 intervals" in caplog.text and "cooldown of the run's final 0.2" in caplog.text
 
-    def test_a_run_still_drifting_at_its_end_is_not_cooled_down(self, tmp_path):
-        # 8 epochs at lr 0.05: the loss is still falling fast (growth exponent about 1.6 at the end).
-        trainer = make_trainer(tmp_path, [AutoDropCallback(**self.CONFIG)], num_train_epochs=8)
+    def test_the_logged_learning_rate_follows_the_decay_under_a_warmup_schedule(self, tmp_path):
+        recorder = _LrRecorder()
+        trainer = make_trainer(
+            tmp_path,
+            [AutoDropCallback(**self.CONFIG), recorder],
+            num_train_epochs=10,
+            lr_scheduler_type="constant_with_warmup",
+            warmup_steps=8,
+            learning_rate=0.1,
+            logging_strategy="steps",
+            logging_steps=4,
+        )
         trainer.train()
-        measurements = _callback(trainer).measurements
-        assert len(measurements) == 64 and measurements[-1]["statistic"] > 1.5
-        assert not any(m["cooldown"] or m["num_drops"] or m["triggered"] for m in measurements)
-        # No event: AutoDrop's metrics ride on the Trainer's 8 epoch rows only.
-        assert [e["step"] for e in autodrop_entries(trainer)] == [STEPS_PER_EPOCH * k for k in range(1, 9)]
+        used = {k + 1: lrs[0] for k, lrs in enumerate(recorder.lrs)}  # the lr optimizer step k + 1 used
+        logged = _lr_entries(trainer)
+        assert len(logged) == 20
+        # Each row shows the lr of the step it logs (newer transformers), or of the step after it (older ones
+        # read get_last_lr() after the scheduler stepped): the warm-up's first row says which; the decay
+        # must reach the log the same way as the warm-up does.
+        ahead = 0 if logged[0][1] == pytest.approx(used[logged[0][0]], rel=1e-12) else 1
+        for step, lr in logged:
+            if step + ahead in used:
+                assert lr == pytest.approx(used[step + ahead], rel=1e-12), (step, ahead)
+        # Warm-up over 8 steps (step k uses (k - 1) / 8 x 0.1), then 0.1 until the decay (steps 65-80)
+        # takes it towards the floor 1e-4.
+        assert used[4] == pytest.approx(0.1 * 3 / 8) and used[9] == used[64] == pytest.approx(0.1)
+        assert used[64] > used[65] > used[72] > used[80] > 1e-4
+        assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(1e-4)
 
 
 class TestResume:

@@ -94,3 +94,28 @@ def test_the_jsonl_file_is_exact_after_a_resume(tmp_path):
     resumed.train(resume_from_checkpoint=str(tmp_path / f"checkpoint-{3 * STEPS_PER_EPOCH}"))
     assert _jsonl(tmp_path / MEASUREMENTS_FILE) == full == _as_json(_callback(resumed).measurements)
     assert len(full) == 24 and sum(m["dropped"] for m in full) >= 1
+
+
+def test_the_jsonl_file_holds_every_interval_up_to_each_checkpoint(tmp_path):
+    # Records are written in batches (about once a second); a checkpoint writes those still waiting, so
+    # that a resume without AutoDrop's state finds the file complete up to it.
+    from transformers import TrainerCallback
+
+    seen = []
+
+    class ReadAtSave(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            seen.append((state.global_step, [r["step"] for r in _jsonl(tmp_path / MEASUREMENTS_FILE)]))
+
+    trainer = make_trainer(
+        tmp_path,
+        [AutoDropCallback(interval_steps=2), ReadAtSave()],
+        num_train_epochs=3,
+        save_strategy="steps",
+        save_steps=10,
+    )
+    trainer.train()
+    assert [step for step, _ in seen] == [10, 20, 24]
+    for step, written in seen:
+        assert written == list(range(2, step + 1, 2))
+    assert _jsonl(tmp_path / MEASUREMENTS_FILE) == _as_json(_callback(trainer).measurements)

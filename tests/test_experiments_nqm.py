@@ -132,3 +132,18 @@ def test_quick_study_writes_its_report(tmp_path):
     rows = [line.split("|") for line in theorem.splitlines() if line.startswith("| Sigma = I |")]
     assert len(rows) == 4
     assert all(abs(float(r[5])) < 0.5 for r in rows)
+
+
+def test_the_shortest_phase_study_tries_each_floor_beside_wsd_and_restores_the_default():
+    from experiments import shortest_phase_study
+    from hf_autodrop.detectors import cooldown
+
+    chosen = cooldown.SHORTEST_PHASE
+    table = shortest_phase_study.main(["--quick"])
+    rows = [line.split(" | ") for line in table.splitlines()[2:]]
+    assert len(rows) == 4 and all(len(r) == len(shortest_phase_study.MULTIPLES) + 2 for r in rows)
+    assert cooldown.SHORTEST_PHASE == chosen
+    # Every cell is a finite final loss with its drops per run; the floors change the outcome.
+    losses = [[float(cell.split(" (")[0].strip(" |")) for cell in r[1:]] for r in rows]
+    assert all(math.isfinite(v) and v > 0 for r in losses for v in r)
+    assert any(len(set(r[:-1])) > 1 for r in losses)

@@ -45,6 +45,19 @@ def test_run_records_what_each_method_needs():
     assert len(multistep["curve"]) == TASK.epochs and multistep["to_best"] in range(1, TASK.epochs + 1)
 
 
+def test_wsd_and_autodrop_cool_down_the_same_final_fifth():
+    """The peers' WSD row is transformers' warmup_stable_decay (1 - sqrt over the last 20 %); AutoDrop's
+    default on a run that does not settle decays over the same segment, to its floor."""
+    wsd = run_one(TASK, Method("WSD", "wsd"), seed=0)
+    autodrop = run_one(TASK, Method("AutoDrop", "autodrop", autodrop={"growth_threshold": 1e-9}), seed=0)
+    # 5 epochs of 16 steps: the decay covers steps 65-80. The curve holds the lr set for the next step
+    # (WSD's for step 65 is the base lr; AutoDrop's is 1 - sqrt at the middle of its first interval).
+    for run in (wsd, autodrop):
+        lrs = [c["lr"] for c in run["curve"]]
+        assert lrs[:3] == [0.05] * 3 and 0.04 < lrs[3] <= 0.05 and lrs[4] < 1e-3 * 0.05 + 1e-12, run["method"]
+    assert not any(m["dropped"] for m in autodrop["autodrop"])
+
+
 def _runs(path):
     with gzip.open(path, "rt") as f:
         saved = json.load(f)
@@ -79,3 +92,68 @@ def test_charlm_quick_study(tmp_path):
     assert [m["step"] for m in constant["autodrop"]] == list(range(5, 41, 5))
     assert [c["step"] for c in constant["curve"]] == [10, 20, 30, 40]
     assert constant["final"] < 7.0  # below a uniform guess over 128 characters (7 bits)
+
+
+def test_peer_quick_study(tmp_path):
+    from experiments import peer_study
+
+    report = open(
+        peer_study.main(["--quick", "--tasks", "digits_bn", "--lr-grid", "1/3,1", "--out", str(tmp_path)])
+    ).read()
+    assert "## Summary: AutoDrop against WSD" in report and "### digits_bn@4ep" in report
+    runs = _runs(tmp_path / "peers_runs.json.gz")
+    assert {r["method"] for r in runs} == {m.name for m in peer_study.methods()}
+    # Every method at each lr of the grid; schedule-free (SGD) over its README's range.
+    lrs = {(r["method"], round(r["run_lr"] / 0.05, 4)) for r in runs}
+    assert {x for m, x in lrs if m == peer_study.WSD} == {round(1 / 3, 4), 1.0}
+    assert {x for m, x in lrs if m == peer_study.SCHEDULEFREE} == {10.0, 20.0, 50.0}
+    # The report keeps, per method, the lr with the best validation metric, and says which it was.
+    chosen, keys = peer_study.select(runs)
+    for r in chosen:
+        assert keys[(r["task"], r["method"])][r["run_lr"]] == min(keys[(r["task"], r["method"])].values())
+    wsd = next(r for r in chosen if r["method"] == peer_study.WSD)
+    autodrop = next(r for r in chosen if r["method"] == peer_study.AUTODROP)
+    off = next(r for r in chosen if r["method"] == peer_study.NO_COOLDOWN)
+    assert f"| {peer_study.WSD} | {wsd['run_lr'] / 0.05:.3g} (of 0.333, 1) |" in report
+    # WSD and AutoDrop's decay end at a small lr; without the decay AutoDrop keeps its lr (no drop in 4 epochs).
+    assert wsd["curve"][-1]["lr"] < 0.01 * wsd["lr"] and autodrop["curve"][-1]["lr"] < 0.01 * autodrop["lr"]
+    assert not any(m["dropped"] for m in off["autodrop"]) and off["curve"][-1]["lr"] == off["lr"]
+    summary = report.split("## Summary")[1].split("## Every method")[0]
+    assert f"| digits_bn@4ep | {peer_study.AUTODROP} |" in summary
+    assert (tmp_path / "peers_digits_bn.png").stat().st_size > 10_000
+
+
+def test_peer_gpt2_task_is_a_transformers_model_cut_in_steps():
+    import dataclasses
+
+    from transformers import GPT2LMHeadModel
+
+    from experiments import peer_study, tasks
+    from experiments.trainer_study import Method, run_one
+
+    full = peer_study.TASKS["gpt2"]
+    short = peer_study.cut(full, 0.1)
+    assert (short.name, short.max_steps, short.eval_steps) == ("gpt2@100st", 100, 10)
+    assert isinstance(tasks.TinyGPT2(), GPT2LMHeadModel)
+    train, _, _ = tasks.gpt2_splits()
+    ids = train.tensors["input_ids"]
+    assert ids.shape[1] == 65 and bool((train.tensors["labels"] == ids).all())  # GPT-2 shifts the labels itself
+    run = run_one(dataclasses.replace(short, max_steps=30, eval_steps=10), Method("wsd", "wsd"), seed=0)
+    assert [c["step"] for c in run["curve"]] == [10, 20, 30]
+    assert run["final"] < 7.0 and run["curve"][-1]["lr"] == 0.0  # below a uniform guess; WSD ends at 0
+
+
+def test_unknown_length_quick_study(tmp_path):
+    from experiments import unknown_length_study as ul
+
+    report = open(ul.main(["--quick", "--tasks", "digits_bn", "--out", str(tmp_path)])).read()
+    runs = _runs(tmp_path / "unknown_length_runs.json.gz")
+    mine = next(r for r in runs if r["method"] == ul.UNKNOWN)
+    # No horizon: no end-of-run decay, so without a drop the lr is the one it started at.
+    assert not any(m["dropped"] for m in mine["autodrop"]) and mine["curve"][-1]["lr"] == mine["lr"]
+    peers = [r for r in runs if r["task"] == "digits_bn@T.0"]
+    assert {r["method"] for r in peers} == {m.name for m in ul.PEERS}
+    # Every peer is told the step AutoDrop ended at, and WSD ends there at 0.
+    assert all(ul.stop_step(r) == ul.stop_step(mine) for r in peers)
+    assert next(r for r in peers if r["kind"] == "wsd")["curve"][-1]["lr"] == 0.0
+    assert f"| {ul.UNKNOWN} |" in report and "### digits_bn" in report

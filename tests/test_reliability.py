@@ -17,7 +17,14 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
-from hf_autodrop import AutoDrop, AutoDropCallback, AutoDropConfig, angle_degrees
+from hf_autodrop import (
+    AutoDrop,
+    AutoDropCallback,
+    AutoDropConfig,
+    angle_degrees,
+    checkpoint_problem,
+    newest_complete_checkpoint,
+)
 from hf_autodrop.callback import STATE_FILE, install
 
 from ._distributed import REPO
@@ -93,8 +100,11 @@ class TestKilledSaves:
         # resume_from_checkpoint=True picks the newest folder, which is incomplete: the Trainer itself refuses it.
         with pytest.raises(FileNotFoundError, match="trainer_state.json"):
             killed_run.trainer(str(tmp_path)).train(resume_from_checkpoint=True)
+        # newest_complete_checkpoint skips it.
+        assert "trainer_state.json is missing" in checkpoint_problem(str(broken))
+        assert newest_complete_checkpoint(str(tmp_path)) == str(previous)
         resumed = killed_run.trainer(str(tmp_path), save_strategy="no")
-        resumed.train(resume_from_checkpoint=str(previous))
+        resumed.train(resume_from_checkpoint=newest_complete_checkpoint(str(tmp_path)))
         _same_run(resumed, full, full_params)
 
     def test_kill_after_trainer_state_resumes_exactly_from_that_checkpoint(self, straight, tmp_path):
@@ -107,6 +117,87 @@ class TestKilledSaves:
         resumed.train(resume_from_checkpoint=True)
         assert resumed.state.global_step == killed_run.EPOCHS * STEPS_PER_EPOCH
         _same_run(resumed, full, full_params)
+
+
+def _tear(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+class TestNewestCompleteCheckpoint:
+    """`newest_complete_checkpoint` never picks a folder a kill left incomplete, however it was cut short."""
+
+    @pytest.mark.parametrize(
+        "damage, problem",
+        [
+            (lambda c: (c / "trainer_state.json").unlink(), "trainer_state.json is missing"),
+            (lambda c: _tear(c / "trainer_state.json"), "trainer_state.json is unreadable or truncated"),
+            (lambda c: _tear(c / "model.safetensors"), "model.safetensors is truncated"),
+            (lambda c: (c / "model.safetensors").unlink(), "holds no model weights"),
+            (lambda c: _tear(c / "optimizer.pt"), "optimizer.pt is unreadable or truncated"),
+            (lambda c: (c / "scheduler.pt").unlink(), "scheduler.pt is missing"),
+            (lambda c: _tear(c / "rng_state.pth"), "rng_state.pth is unreadable or truncated"),
+            (lambda c: (c / STATE_FILE).unlink(), "autodrop_state.pt is missing"),
+            (lambda c: _tear(c / STATE_FILE), "autodrop_state.pt is unreadable or truncated"),
+        ],
+        ids=[
+            "no-trainer-state",
+            "torn-trainer-state",
+            "torn-weights",
+            "no-weights",
+            "torn-optimizer",
+            "no-scheduler",
+            "torn-rng",
+            "no-autodrop-file",
+            "torn-autodrop-file",
+        ],
+    )
+    def test_an_incomplete_newest_folder_is_skipped(self, straight, tmp_path, damage, problem):
+        out, *_ = straight
+        for step in (3 * STEPS_PER_EPOCH, 4 * STEPS_PER_EPOCH):
+            shutil.copytree(out / f"checkpoint-{step}", tmp_path / f"checkpoint-{step}")
+        newest, previous = (
+            tmp_path / f"checkpoint-{4 * STEPS_PER_EPOCH}",
+            tmp_path / f"checkpoint-{3 * STEPS_PER_EPOCH}",
+        )
+        assert checkpoint_problem(str(newest)) is None
+        assert newest_complete_checkpoint(str(tmp_path)) == str(newest)
+        damage(newest)
+        assert problem in checkpoint_problem(str(newest))
+        assert newest_complete_checkpoint(str(tmp_path)) == str(previous)
+
+    def test_the_autodrop_file_of_another_step_makes_it_incomplete(self, straight, tmp_path):
+        out, *_ = straight
+        ckpt = tmp_path / f"checkpoint-{4 * STEPS_PER_EPOCH}"
+        shutil.copytree(out / ckpt.name, ckpt)
+        shutil.copy(out / f"checkpoint-{3 * STEPS_PER_EPOCH}" / STATE_FILE, ckpt / STATE_FILE)
+        assert "belongs to another run or step" in checkpoint_problem(str(ckpt))
+
+    def test_none_without_a_complete_one_and_newer_incomplete_ones_removed_on_request(self, straight, tmp_path):
+        out, *_ = straight
+        assert newest_complete_checkpoint(str(tmp_path / "absent")) is None
+        assert newest_complete_checkpoint(str(tmp_path)) is None
+        for step in (8, 16, 24):
+            shutil.copytree(out / f"checkpoint-{step}", tmp_path / f"checkpoint-{step}")
+        (tmp_path / "checkpoint-16" / "trainer_state.json").unlink()
+        (tmp_path / "checkpoint-24" / "optimizer.pt").unlink()
+        (tmp_path / "checkpoint-30").mkdir()  # a folder the Trainer had only just created
+        assert newest_complete_checkpoint(str(tmp_path)) == str(tmp_path / "checkpoint-8")
+        assert sorted(p.name for p in tmp_path.iterdir()) == [f"checkpoint-{s}" for s in (16, 24, 30, 8)]
+        assert newest_complete_checkpoint(str(tmp_path), remove_newer_incomplete=True) == str(tmp_path / "checkpoint-8")
+        assert [p.name for p in tmp_path.iterdir()] == ["checkpoint-8"]
+
+    def test_save_only_model_checkpoints_need_require_optimizer_false(self, tmp_path):
+        make_trainer(
+            tmp_path,
+            [AutoDropCallback(**killed_run.CONFIG)],
+            num_train_epochs=2,
+            save_strategy="epoch",
+            save_only_model=True,
+        ).train()
+        assert "optimizer.pt is missing" in checkpoint_problem(str(tmp_path / "checkpoint-16"))
+        assert newest_complete_checkpoint(str(tmp_path)) is None
+        assert newest_complete_checkpoint(str(tmp_path), require_optimizer=False) == str(tmp_path / "checkpoint-16")
 
 
 class _FakeHub:

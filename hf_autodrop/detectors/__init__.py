@@ -8,23 +8,21 @@ the phase machine around it. docs/architecture.md says how to add one.
 
 - `growth` (the default, `growth.py`): how fast does the squared distance from the anchor grow?
 - `paper` and `trend` (`omega.py`): tests on the angle omega between consecutive displacements.
-- `cooldown.py`: the end of a run of known length, a policy of its own beside the test.
+- `cooldown.py`: the end of a run of known length (the lr decays to its floor), a policy of its own.
 """
 
 from __future__ import annotations
 
 from .base import SaturationTest
-from .cooldown import COOLDOWN_MAX_EXPONENT, Cooldown, CooldownTrigger
+from .cooldown import Cooldown
 from .growth import GROWTH_INTERVALS_PER_RUN, GrowthTest, growth_exponent, growth_window_start
 from .omega import PAPER_DROP_DELAY, PaperTest, TrendTest, change_statistic, trend_statistic, trend_window_size
 
 __all__ = [
-    "COOLDOWN_MAX_EXPONENT",
     "DETECTORS",
     "GROWTH_INTERVALS_PER_RUN",
     "PAPER_DROP_DELAY",
     "Cooldown",
-    "CooldownTrigger",
     "GrowthTest",
     "PaperTest",
     "SaturationTest",

@@ -1,36 +1,31 @@
-"""The end of a run of known length: its final segment starts at a lower learning rate.
+"""The end of a run of known length: the learning rate decays to its floor over the run's final segment.
 
 A run that ends before its learning rate has saturated (AdamW's parameters diffuse for far longer than
-most runs) still sits above the loss its lr's noise allows. When the run's length is known
-(`AutoDrop.set_horizon`; the Trainer callback sets it from `max_steps`), the run's last
-`cooldown_fraction` starts with one drop, after the usual averaging window, which ends where that
-segment starts. It is skipped while the parameters still drift (a growth exponent at or above
-`COOLDOWN_MAX_EXPONENT`: the loss is still falling fast), when the current lr began less than one
-segment before the segment (a drop just landed), or when a drop already landed inside the segment.
-At most one per run, and only with a test that `cools_down` (the growth test).
+most runs) still sits above the loss its lr's noise allows, and a run that saturated and dropped still
+gains from annealing its last lr. When the run's length is known (`AutoDrop.set_horizon`, or
+`AutoDrop(..., horizon=N)`; the Trainer callback sets it from `max_steps`), its last `cooldown_fraction`
+(a fifth by default) decays every param group's lr from the lr in force when the segment begins to the
+group's floor, along 1 - sqrt of the segment's progress: the cooldown of a warm-up-stable-decay schedule
+(transformers' `warmup_stable_decay` with `decay_type="1-sqrt"`), which matches or beats cosine and linear
+cooldowns (Hagele et al. 2024). Before the segment, the saturation test drops the lr where the run
+settles; inside it the decay alone sets the lr (an averaging window still open when it begins drops at
+once, with the snapshots averaged so far). The lr changes once per interval, at the value 1 - sqrt takes
+in the middle of the next interval.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from typing import NamedTuple
 
-# 1.5: halfway between noise and drift on the log scale, where the drift's share of D equals the noise's. At
-# or above it the run is far from its lr's noise floor, and a drop would only slow it down.
-COOLDOWN_MAX_EXPONENT = 1.5
-
-
-class CooldownTrigger(NamedTuple):
-    """The cooldown is due now: average for `averaging_intervals`, then drop. `exponent`: the growth
-    exponent that showed the parameters no longer drift."""
-
-    averaging_intervals: int
-    exponent: float
+# The shortest phase a saturation drop may end, as a multiple of the final segment's length: the whole
+# segment (a fifth of the run at the default cooldown_fraction). Chosen by measurement
+# (docs/how-it-decides.md): half of it let AdamW's early stall drop a 3-epoch run (twice WSD's final
+# loss); on the NQM the whole segment costs long runs some later drops and still beats WSD several-fold.
+SHORTEST_PHASE = 1.0
 
 
 class Cooldown:
-    """When the run's final segment begins and whether its drop is due.
+    """When the run's final segment begins, and the lr scales it sets at each interval in it.
 
     Args:
         fraction: the share of the run the final segment covers (0: no cooldown).
@@ -39,7 +34,7 @@ class Cooldown:
     def __init__(self, fraction: float):
         self.fraction = fraction
         self.horizon: float | None = None  # the run's length in intervals, when known
-        self.cooled = False  # the cooldown was triggered, or a drop landed in the final segment
+        self.start_scales: list[float] | None = None  # every group's lr scale when the decay began
 
     def set_horizon(self, intervals: float | None) -> None:
         if intervals is not None and (
@@ -49,47 +44,62 @@ class Cooldown:
         self.horizon = None if intervals is None else float(intervals)
 
     @property
-    def start(self) -> int | None:
-        """The interval at which the final segment starts (the cooldown's drop lands), or None."""
+    def cooled(self) -> bool:
+        """The decay has begun (its start scales are recorded)."""
+        return self.start_scales is not None
+
+    @property
+    def shortest_phase(self) -> float:
+        """The fewest intervals after the start or a drop before a saturation test may trigger: the final
+        segment's length times `SHORTEST_PHASE` (0 without a horizon or a cooldown). A stall on a shorter
+        time scale (AdamW's first hundred steps can show one) is not told from saturation with any
+        confidence, and the decay anneals on that scale anyway."""
+        if self.horizon is None or not self.fraction:
+            return 0.0
+        return SHORTEST_PHASE * self.fraction * self.horizon
+
+    @property
+    def _segment_start(self) -> float | None:
+        """Where the final segment begins, in intervals (not rounded)."""
         if self.horizon is None or not self.fraction:
             return None
-        return math.ceil((1.0 - self.fraction) * self.horizon)
+        return (1.0 - self.fraction) * self.horizon
 
-    def due(self, interval: int, t: int, usual: int, exponent: Callable[[], float]) -> CooldownTrigger | None:
-        """The trigger when the cooldown is due at `interval` (`t` intervals after the anchor), else None.
+    @property
+    def start(self) -> int | None:
+        """The first interval at whose end the decay sets the lr (the next interval is the segment's first),
+        or None without a horizon or with `fraction` 0."""
+        begin = self._segment_start
+        return None if begin is None else math.floor(begin - 0.5) + 1
 
-        Due at the first interval from which the usual averaging window (`usual` intervals) would reach
-        the segment's start, when: no cooldown was triggered and no drop landed inside the segment; the
-        current lr began at least one segment's length before the segment; the drop can land before the
-        run's last interval; and `exponent()` (the growth exponent of the current phase) is below
-        `COOLDOWN_MAX_EXPONENT`. The averaging window ends where the segment starts.
+    def progress(self, interval: int) -> float | None:
+        """How far into the segment the middle of the interval after `interval` lies, in [0, 1]; None
+        before the segment (or without one)."""
+        begin = self._segment_start
+        if begin is None or interval + 0.5 <= begin:
+            return None
+        return min(1.0, (interval + 0.5 - begin) / (self.horizon - begin))
+
+    def scales(self, interval: int, current: list[float], floors: list[float]) -> list[float] | None:
+        """Every group's lr scale for the interval after `interval` (None before the segment).
+
+        `current`: the groups' lr scales now (recorded as the decay's start at its first interval);
+        `floors`: their floors as scales. 1 - sqrt(p) from the start's scale at p = 0 to the floor at p = 1,
+        never above the start and never below the floor.
         """
-        start = self.start
-        if start is None or self.cooled:
+        p = self.progress(interval)
+        if p is None:
             return None
-        if interval - t > start - self.fraction * self.horizon:
-            return None
-        delay = max(1, min(usual, start - interval))
-        if interval + usual < start or interval + delay >= self.horizon:
-            return None
-        value = exponent()
-        if not value < COOLDOWN_MAX_EXPONENT:
-            return None
-        return CooldownTrigger(delay, value)
-
-    def triggered(self) -> None:
-        self.cooled = True
-
-    def dropped(self, interval: int) -> None:
-        """A drop landed at `interval`: inside the final segment, no cooldown is added on top of it."""
-        start = self.start
-        if start is not None and interval >= start:
-            self.cooled = True
+        if self.start_scales is None:
+            self.start_scales = list(current)
+        shape = 1.0 - math.sqrt(p)
+        return [f + (s - f) * shape if s > f else s for s, f in zip(self.start_scales, floors)]
 
     def state_dict(self) -> dict:
-        return {"horizon": self.horizon, "cooled": self.cooled}
+        return {"horizon": self.horizon, "cooled": self.cooled, "cooldown_scales": self.start_scales}
 
     def load_state_dict(self, state: dict) -> None:
         horizon = state.get("horizon")
         self.horizon = None if horizon is None else float(horizon)
-        self.cooled = bool(state.get("cooled", False))
+        scales = state.get("cooldown_scales")
+        self.start_scales = None if scales is None else [float(s) for s in scales]

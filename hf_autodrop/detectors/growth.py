@@ -60,9 +60,20 @@ def growth_exponent(times: Sequence[float], distances: Sequence[float]) -> float
         raise ValueError(f"times and distances differ in length ({n} and {len(distances)})")
     if n < 3 or not all(math.isfinite(d) and d > 0.0 for d in distances) or not all(s > 0 for s in times):
         return math.nan
-    xs = [math.log(s) for s in times]
-    ys = [math.log(d) for d in distances]
+    return _log_slope([math.log(s) for s in times], [math.log(d) for d in distances])
+
+
+def _log(d: float) -> float:
+    """log d, NaN where d is not a positive finite number (such a sample makes the fit NaN)."""
+    return math.log(d) if math.isfinite(d) and d > 0.0 else math.nan
+
+
+def _log_slope(xs: Sequence[float], ys: Sequence[float]) -> float:
+    """The least-squares slope of `ys` against `xs` (logs already taken); NaN if a value is NaN or xs are equal."""
+    n = len(xs)
     x_mean, y_mean = math.fsum(xs) / n, math.fsum(ys) / n
+    if not math.isfinite(y_mean):
+        return math.nan
     sxx = math.fsum((x - x_mean) ** 2 for x in xs)
     if sxx == 0.0:
         return math.nan
@@ -85,6 +96,9 @@ class GrowthTest:
     def __init__(self, config):
         self.config = config
         self.samples: list[tuple[int, float]] = []  # (s, D(s)) of the window [t/2, t], oldest first
+        # Their logs, taken once per sample rather than at every fit (what a small model's interval notices).
+        self._log_s: list[float] = []
+        self._log_d: list[float] = []
 
     @property
     def first_check(self) -> int:
@@ -104,17 +118,27 @@ class GrowthTest:
     def observe(self, t: int, distance_sq: float) -> None:
         if math.isfinite(distance_sq):
             self.samples.append((t, distance_sq))
+            self._log_s.append(math.log(t))
+            self._log_d.append(_log(distance_sq))
         start = growth_window_start(t)
         if self.samples and self.samples[0][0] < start:
-            self.samples = [(s, d) for s, d in self.samples if s >= start]
+            keep = (
+                next(i for i, (s, _) in enumerate(self.samples) if s >= start)
+                if self.samples[-1][0] >= start
+                else len(self.samples)
+            )
+            del self.samples[:keep], self._log_s[:keep], self._log_d[:keep]
         if len(self.samples) > 2 * MAX_GROWTH_SAMPLES:
-            self.samples = self.samples[::-1][::2][::-1]  # every other one, the newest kept
+            # Every other one, the newest kept.
+            self.samples, self._log_s, self._log_d = (
+                x[::-1][::2][::-1] for x in (self.samples, self._log_s, self._log_d)
+            )
 
     def exponent(self) -> float:
-        """The growth exponent over the window [t/2, t] (NaN: too few samples)."""
-        if len(self.samples) < self.config.growth_min_samples:
+        """The growth exponent over the window [t/2, t] (NaN: too few samples); `growth_exponent` of the samples."""
+        if len(self.samples) < max(3, self.config.growth_min_samples):
             return math.nan
-        return growth_exponent([s for s, _ in self.samples], [d for _, d in self.samples])
+        return _log_slope(self._log_s, self._log_d)
 
     def statistic(self, t: int, angle: float, change: float, recent: list[float], last_phase: int) -> tuple[float, int]:
         cfg = self.config
@@ -127,7 +151,7 @@ class GrowthTest:
         return self.config.growth_threshold
 
     def reset(self) -> None:
-        self.samples = []
+        self.samples, self._log_s, self._log_d = [], [], []
 
     def resume_refusal(self, saved_config) -> str | None:
         return None
@@ -137,3 +161,5 @@ class GrowthTest:
 
     def load_state_dict(self, state: dict) -> None:
         self.samples = [(int(s), float(d)) for s, d in state.get("growth_samples", [])]
+        self._log_s = [math.log(s) for s, _ in self.samples]
+        self._log_d = [_log(d) for _, d in self.samples]

@@ -14,8 +14,20 @@ row of Table 1) and calls `main(recipe)`. The modules, one concern each:
 - `train.py`: `run`/`main`, which puts them together.
 """
 
-from .args import parse_args
-from .recipe import CIFAR_PROTOCOL, DATA_SETS, Recipe
-from .train import main, run
+import importlib.util
+
+# The modules import these where they use them; a missing one is named here, before any work starts.
+_NEEDED = ("transformers", "accelerate", "timm", "torchvision", "datasets", "numpy")
+_MISSING = [name for name in _NEEDED if importlib.util.find_spec(name) is None]
+if _MISSING:
+    raise ModuleNotFoundError(
+        f"The recipes cannot run without {', '.join(_MISSING)} (not installed): pip install "
+        f"'hf_autodrop[recipes]' (or install {', '.join(_NEEDED)} yourself).",
+        name=_MISSING[0],
+    )
+
+from .args import parse_args  # noqa: E402
+from .recipe import CIFAR_PROTOCOL, DATA_SETS, Recipe  # noqa: E402
+from .train import main, run  # noqa: E402
 
 __all__ = ["CIFAR_PROTOCOL", "DATA_SETS", "Recipe", "main", "parse_args", "run"]

@@ -227,6 +227,7 @@ def build_parser(recipe: Recipe):
         bf16=cuda and torch.cuda.is_bf16_supported(),
         seed=0,
         report_to="none",
+        hub_strategy="end",  # the recipe uploads one timm folder when training ends, not the Trainer's checkpoints
         do_train=True,  # --do_train false scores --model_name_or_path instead
     )
     _group_options(parser, AutoDropConfig, "AutoDrop", "When and how far the lr drops (hf_autodrop.AutoDropConfig).")

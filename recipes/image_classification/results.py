@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import platform
@@ -11,6 +12,8 @@ from importlib import metadata
 from pathlib import Path
 
 import torch
+
+from hf_autodrop.measurement import Measurement
 
 from .recipe import Recipe
 
@@ -185,8 +188,18 @@ def multistep_drops(
     return drops
 
 
-def summarize(log_history: list[dict], drops: list[dict], learning_rate: float, angles_measured: bool) -> dict:
+def summarize(
+    log_history: list[dict],
+    drops: list[dict],
+    learning_rate: float,
+    angles_measured: bool,
+    measurements: list[dict] | None = None,
+) -> dict:
     """Per-epoch history, final and best test error from a `Trainer`'s `log_history`, with the run's `drops`.
+
+    `history["angle"]` holds every interval's measurement when the callback's `measurements` are given
+    (they survive a resume through the checkpoint), else the rows of `log_history` that carry an angle
+    (the Trainer's logging cadence).
 
     `history["lr"]` is the lr as a step function: `learning_rate` from epoch 0, then each drop's lr
     from its epoch on, and the last value at the last logged epoch. `history["trainer_lr"]` holds the
@@ -195,7 +208,14 @@ def summarize(log_history: list[dict], drops: list[dict], learning_rate: float, 
     """
     evals = [h for h in log_history if "eval_top1_error" in h]
     losses = [h for h in log_history if "loss" in h and "epoch" in h]
-    angles = [h for h in log_history if "autodrop/angle" in h]
+    if measurements is not None:  # each record as the log row it would make (Measurement.logs())
+        fields = {f.name for f in dataclasses.fields(Measurement)}
+        angles = [
+            {"epoch": m["epoch"], **Measurement(**{k: v for k, v in m.items() if k in fields}).logs()}
+            for m in measurements
+        ]
+    else:
+        angles = [h for h in log_history if "autodrop/angle" in h]
     trainer_lr = [{"epoch": h["epoch"], "lr": h["learning_rate"]} for h in log_history if "learning_rate" in h]
     lrs = [{"epoch": 0.0, "lr": learning_rate}] + [{"epoch": d["epoch"], "lr": d["lr"]} for d in drops]
     last_epoch = max([h["epoch"] for h in log_history if "epoch" in h] or [0.0])

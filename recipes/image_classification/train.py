@@ -237,9 +237,10 @@ def run(recipe: Recipe, argv: list[str] | None = None) -> dict:
             "training": {**json.loads(training_args.to_json_string()), "label_smoothing_factor": label_smoothing},
         },
     }
-    results.update(summarize(trainer.state.log_history, drops, lr0, monitored))
+    measurements = callback.measurements if callback is not None else None
+    results.update(summarize(trainer.state.log_history, drops, lr0, monitored, measurements))
     if callback is not None and not multistep:
-        # This process's measurements since the last (re)start, with every param group's lr.
+        # This process's measurements (those before a resume restored from the checkpoint), every group's lr.
         results["autodrop_drops"] = [
             {"interval": m["interval"], "epoch": m["epoch"], "step": m["step"], "lrs": list(m["lrs"])}
             for m in callback.measurements
