@@ -17,7 +17,12 @@ What "owned" means depends on the engine (checked against each engine's code):
   (the unpadded local chunk, possibly empty, writable in place);
 - DeepSpeed ZeRO-3: the fp32 master partition (`deepspeed.utils.safe_get_local_fp32_param`) cut to the
   valid elements (the partition's tail is uninitialised padding); writes go to the master and to
-  `ds_tensor`, and gathered parameters are refreshed.
+  `ds_tensor`, and gathered parameters are refreshed;
+- DeepSpeed ZeRO-1/2 (and its bf16 optimizer): every process holds whole parameters, but the optimizer
+  updates fp32 master partitions and copies them back into the parameters after every step, so the owned
+  elements are each parameter's fragment of this process's master partition (`_hp_mapping`); a write
+  goes into that fragment and into the parameters of every process (one all-reduce of the written
+  parameters, at a drop only).
 
 Replicated copies are counted once: with HSDP (FSDP1 hybrid sharding, FSDP2 on a 2-D mesh) only the
 processes at coordinate 0 of every replicate dimension contribute to the sums; parameters that are plain
@@ -274,6 +279,58 @@ class _Zero3(LocalShards):
                 persistent[0].all_gather(persistent)
 
 
+class _Zero12(LocalShards):
+    """DeepSpeed ZeRO-1/2: each parameter's fragment of this process's fp32 master partition.
+
+    The parameters are whole on every process, but writing them alone is lost: after every step ZeRO-1/2
+    copies its fp32 master partitions back into them. So AutoDrop reads and writes the masters (the
+    fragments are views into them), and after a write rebuilds the parameters from every process's
+    fragments (one all-reduce of zeros plus the owned fragment: exact, the fragments are disjoint).
+    """
+
+    engine = "DeepSpeed ZeRO-1/2"
+    sharded = True
+
+    def __init__(self, params: list[torch.Tensor]):
+        super().__init__(params)
+        for p in params:
+            group = p._dp_group
+            if dist.get_world_size(group) != self.world_size:
+                raise NotImplementedError(
+                    "AutoDrop supports ZeRO-1/2 partitioned over all processes; this parameter's data-parallel "
+                    f"group has {dist.get_world_size(group)} of {self.world_size}."
+                )
+
+    def tensors(self):
+        out = []
+        for p in self._params:
+            mapping = p._hp_mapping
+            out.append(mapping.get_hp_fragment() if mapping is not None else p.new_empty(0, dtype=torch.float32))
+        return out
+
+    def commit(self, tensors):
+        if not self._params:
+            return
+        first = self._params[0]
+        master_dtype = next((t.dtype for t in tensors if t.numel()), torch.float32)
+        sizes = [p.numel() for p in self._params]
+        full = torch.zeros(sum(sizes), dtype=master_dtype, device=first.device)
+        offset = 0
+        for p, n, value in zip(self._params, sizes, tensors):
+            mapping = p._hp_mapping
+            if mapping is not None:
+                master = mapping.get_hp_fragment()
+                if master.data_ptr() != value.data_ptr():
+                    master.data.copy_(value)
+                address = mapping.lp_fragment_address
+                full.narrow(0, offset + address.start, address.numel).copy_(value)
+            offset += n
+        dist.all_reduce(full, op=dist.ReduceOp.SUM, group=first._dp_group)
+        with torch.no_grad():
+            for p, piece in zip(self._params, full.split(sizes)):
+                p.data.copy_(piece.view_as(p))
+
+
 def local_shards(model_or_params, params: list[torch.Tensor]) -> LocalShards:
     """The `LocalShards` for trainable `params` (taken from `model_or_params`), engine detected from them."""
     if not dist.is_available():
@@ -283,6 +340,8 @@ def local_shards(model_or_params, params: list[torch.Tensor]) -> LocalShards:
         model = model.module
     if any(hasattr(p, "ds_id") for p in params):
         return _Zero3([p for p in params if hasattr(p, "ds_id")])
+    if any(hasattr(p, "_hp_mapping") for p in params):
+        return _Zero12([p for p in params if hasattr(p, "_hp_mapping")])
     from torch.distributed.fsdp import FSDPModule
     from torch.distributed.tensor import DTensor
 

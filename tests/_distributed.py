@@ -38,9 +38,11 @@ def spawn(fn, tmp_path: Path, *args, nprocs: int = 2) -> None:
     mp.spawn(fn, args=(nprocs, init, *args), nprocs=nprocs, join=True)
 
 
-def launch(argv: list[str], timeout: int = 240) -> subprocess.CompletedProcess:
-    """Run a launcher (torchrun, accelerate launch) with this checkout importable; fail with its output."""
-    env = dict(os.environ)
+def launch(argv: list[str], timeout: int = 240, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run a launcher (torchrun, accelerate launch) with this checkout importable; fail with its output.
+
+    `env`: extra environment variables (e.g. DS_ACCELERATOR=cpu)."""
+    env = {**os.environ, **(env or {})}
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     env.pop("CUDA_VISIBLE_DEVICES", None)
