@@ -15,10 +15,12 @@ GPU (one process per GPU, NCCL):
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -107,7 +109,8 @@ def measure(args, device: torch.device) -> dict:
     return out
 
 
-def report(results: list[dict], args) -> None:
+def report(results: list[dict], args) -> dict:
+    """Print the numbers, and return them as one dict (what `--json` writes)."""
     r = results[0]
     world = len(results)
     print(
@@ -125,6 +128,22 @@ def report(results: list[dict], args) -> None:
     slowest = max(x["reduction_s"] for x in results)
     step = max(x["train_step_s"] for x in results)
     print(f"reduction: {slowest * 1e3:.3f} ms | one training step: {step * 1e3:.2f} ms | ratio {slowest / step:.4f}")
+    summary = {
+        "engine_asked": args.engine,
+        "engine": r["engine"],
+        "world_size": world,
+        "device": args.device,
+        "device_name": torch.cuda.get_device_name(0) if args.device == "cuda" else "cpu",
+        "parameters": r["params"],
+        "width": args.width,
+        "depth": args.depth,
+        "batch": args.batch,
+        "owned_elements": [x["owned_elements"] for x in results],
+        "bytes_per_interval": r["bytes_per_interval"],
+        "reductions_per_interval": r["reductions_per_interval"],
+        "reduction_ms": slowest * 1e3,
+        "train_step_ms": step * 1e3,
+    }
     for offload in (False, True):
         t = max(x[f"autodrop_step_s_offload={offload}"] for x in results)
         mem = r[f"device_bytes_offload={offload}"]
@@ -132,6 +151,13 @@ def report(results: list[dict], args) -> None:
             f"AutoDrop.step() offload_to_cpu={offload!s:5}: {t * 1e3:8.2f} ms per interval "
             f"({t / step:.2f} training steps); AutoDrop's bytes on the parameters' device: {mem / 2**20:.1f} MiB"
         )
+        key = "offload" if offload else "on_device"
+        summary[f"autodrop_step_ms_{key}"] = t * 1e3
+        summary[f"device_mib_{key}"] = mem / 2**20
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
 
 
 def worker(rank: int, world: int, init: str, args, out_dir: str) -> None:
@@ -150,6 +176,7 @@ def main() -> None:
     parser.add_argument("--depth", type=int, default=4)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--json", help="also write the numbers to this JSON file (bench/gpu_tables.py reads it)")
     args = parser.parse_args()
     if "RANK" in os.environ:  # under torchrun
         backend = "nccl" if args.device == "cuda" else "gloo"
@@ -165,6 +192,9 @@ def main() -> None:
         dist.all_gather_object(results, result)
         if rank == 0:
             report(results, args)
+        # Every rank waits for rank 0's report: a rank that tore its gloo group down first could leave rank 0's
+        # destroy_process_group facing a closed peer ("terminate called without an active exception", SIGABRT).
+        dist.barrier()
         dist.destroy_process_group()
         return
     import torch.multiprocessing as mp

@@ -13,8 +13,11 @@ CPU (gloo), e.g. to check the script itself:
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import os
 import time
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -60,6 +63,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--offload-to-cpu", action="store_true")
     parser.add_argument("--output-dir", default="/tmp/autodrop_trainer_overhead")
+    parser.add_argument("--json", help="also write the run's numbers to this JSON file (bench/gpu_tables.py reads it)")
     args = parser.parse_args()
 
     from transformers import Trainer, TrainerCallback, TrainingArguments
@@ -128,13 +132,46 @@ def main() -> None:
             f"AutoDrop state on this process: {cb.autodrop.state_nbytes() / 2**20:.1f} MiB"
         )
         print(f"{'epoch':>5} {'angle (deg)':>12} {'phase':>9} {'AutoDrop ms':>12} {'epoch ms':>10} {'overhead':>9}")
+        rows = []
         for m, t in zip(cb.measurements, timings):
             print(
                 f"{m['epoch']:5.0f} {m['angle']:12.5f} {m['phase']:>9} {t['autodrop_s'] * 1e3:12.2f} "
                 f"{t['train_s'] * 1e3:10.1f} {t['autodrop_s'] / t['train_s']:9.2%}"
             )
+            angle = float(m["angle"])
+            rows.append(
+                {
+                    "epoch": float(m["epoch"]),
+                    "angle": angle if math.isfinite(angle) else None,
+                    "phase": str(m["phase"]),
+                    "autodrop_ms": t["autodrop_s"] * 1e3,
+                    "epoch_ms": t["train_s"] * 1e3,
+                }
+            )
+        if args.json:
+            summary = {
+                "engine_asked": args.engine,
+                "engine": str(cb.autodrop._shards.engine),
+                "world_size": trainer.args.world_size,
+                "device": str(trainer.args.device),
+                "device_name": torch.cuda.get_device_name(0) if trainer.args.device.type == "cuda" else "cpu",
+                "parameters": params,
+                "offload_to_cpu": args.offload_to_cpu,
+                "state_mib": cb.autodrop.state_nbytes() / 2**20,
+                "width": args.width,
+                "depth": args.depth,
+                "batch": args.batch,
+                "samples": args.samples,
+                "epochs": rows,
+            }
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(json.dumps(summary, indent=2) + "\n")
     if torch.distributed.is_initialized():
         torch.distributed.barrier()
+        # Destroyed here, not left to the interpreter's exit: gloo's worker threads still holding work then
+        # abort the process ("terminate called without an active exception", SIGABRT; seen in the CPU smoke
+        # of bench/gpu_all.sh, and pytorch/pytorch#179291 describes the same at interpreter finalization).
+        torch.distributed.destroy_process_group()
     os.environ.pop("ACCELERATE_USE_FSDP", None)
 
 
