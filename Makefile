@@ -78,3 +78,4 @@ wheel-check:
 	$(WHEEL_DIR)/venv/bin/python -m pip install -q "$$(ls $(WHEEL_DIR)/dist/hf_autodrop-*.whl)[demo]"
 	cp .ci/wheel_smoke.py $(WHEEL_DIR)/run/
 	cd $(WHEEL_DIR)/run && $(OFFLINE) ../venv/bin/python wheel_smoke.py
+	rm -rf $(WHEEL_DIR)/venv  # 6 GB the next run rebuilds anyway
