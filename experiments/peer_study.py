@@ -253,6 +253,40 @@ def _fraction(text: str) -> float:
     return float(num) / float(den or 1)
 
 
+def _rerun(study, jobs, runs_path, progress) -> tuple[list[dict], dict]:
+    """Train the jobs of the `--rerun` methods again and take every other job's run from the saved runs.
+
+    The methods left alone are deterministic and do not depend on AutoDrop's code, so their saved runs are
+    what a full run would train again; the provenance names both commands.
+    """
+    names = set(study.args.rerun)
+    known = {m.name for m in methods()}
+    if names - known:
+        raise SystemExit(f"--rerun: unknown method(s) {sorted(names - known)}; the methods are {sorted(known)}")
+    saved, old = load_runs(runs_path)
+    by_key = {(r["task"], r["method"], r["seed"], f"{r['lr']:.6g}"): r for r in saved}  # saved to 6 digits
+    keep, fresh = {}, []
+    for t, m, s, lr in jobs:
+        key = (t.name, m.name, s, f"{lr:.6g}")
+        if m.name in names:
+            fresh.append((t, m, s, lr))
+        elif key in by_key:
+            keep[key] = by_key[key]
+        else:
+            raise SystemExit(f"--rerun: {runs_path} has no run for {key}; run the study in full")
+    done = dict(
+        zip(((t.name, m.name, s, f"{lr:.6g}") for t, m, s, lr in fresh), run_all(fresh, study.args.workers, progress))
+    )
+    new = study.provenance()
+    provenance = {
+        **new,
+        "command": f"{old['command']}` ({old['minutes']:.1f} min) and then, for the rows of "
+        f"{', '.join(sorted(names))}, `{new['command']}",
+        "minutes": old["minutes"] + new["minutes"],
+    }
+    return [keep.get(k) or done[k] for k in ((t.name, m.name, s, f"{lr:.6g}") for t, m, s, lr in jobs)], provenance
+
+
 def main(argv=None) -> str:
     def extra(parser):
         parser.add_argument("--tasks", default=",".join(TASKS), help="comma-separated: " + ", ".join(TASKS))
@@ -261,6 +295,14 @@ def main(argv=None) -> str:
             "--lr-grid",
             default="1/3,1,3",
             help="lr multipliers every method is tried at (schedule-free: its own range); '1': the base lr only",
+        )
+        parser.add_argument(
+            "--rerun",
+            action="append",
+            default=[],
+            metavar="METHOD",
+            help="train only this method's runs again (repeatable; e.g. 'AutoDrop (defaults)' after a change to "
+            "AutoDrop) and keep every other run of the saved runs file in --out",
         )
 
     study = Study("experiments.peer_study", __doc__.splitlines()[0], argv=argv, saves_runs=True, extra_args=extra)
@@ -293,8 +335,11 @@ def main(argv=None) -> str:
                 file=sys.stderr,
             )
 
-        results = run_all(jobs, workers=study.args.workers, progress=progress)
-        provenance = study.provenance()
+        if study.args.rerun:
+            results, provenance = _rerun(study, jobs, runs_path, progress)
+        else:
+            results = run_all(jobs, workers=study.args.workers, progress=progress)
+            provenance = study.provenance()
         save_runs(runs_path, results, provenance)
     figures = [
         plot(study, results, t)
@@ -306,7 +351,7 @@ def main(argv=None) -> str:
         "peers.md",
         "AutoDrop against WSD, schedule-free, cosine, linear and the constant lr",
         __doc__.split("\n\n", 2)[2].split("Writes")[0].strip() + "\n\n" + body,
-        provenance=provenance if study.report_only else None,
+        provenance=provenance if study.report_only or study.args.rerun else None,
     )
 
 

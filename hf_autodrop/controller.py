@@ -97,15 +97,19 @@ class AutoDrop:
         self._shards = local_shards(model_or_params, self._params)
         # Engines (FSDP, ZeRO) hand the optimizer flat or partitioned tensors, not the module's parameters;
         # with plain replicated parameters the optimizer must hold them.
-        if not self._shards.sharded and not any(
+        self._watch_rebuild = not self._shards.sharded and not any(
             type(o).__module__.startswith("deepspeed") for o in wrapper_chain(optimizer)
-        ):
+        )
+        if self._watch_rebuild:
             check_optimizer_holds(self._params, self._lr.optimizer)
-            # Counting the optimizer's steps catches a loop that rebuilt its optimizer: the parameters keep
-            # moving while the optimizer AutoDrop drops has stopped stepping.
-            self._lr.optimizer.register_step_post_hook(self._count_optimizer_step)
-        self._optimizer_steps = 0  # optimizer steps during the current interval (counted when watched)
+        # Counting the optimizer's steps places every step inside its interval, so that the cooldown moves the
+        # lr at every step; with plain replicated parameters it also catches a loop that rebuilt its optimizer
+        # (the parameters keep moving while the optimizer AutoDrop drops has stopped stepping).
+        if callable(getattr(self._lr.optimizer, "register_step_post_hook", None)):
+            self._lr.optimizer.register_step_post_hook(self._after_optimizer_step)
+        self._optimizer_steps = 0  # optimizer steps during the current interval (counted when hooked)
         self._optimizer_stepped = False  # the optimizer stepped during some earlier interval
+        self._steps_per_interval = 0  # optimizer steps in the last complete interval that had any (0: unknown)
 
         params = self._shards.tensors()
         flat = OffloadedFlatCopy if cfg.offload_to_cpu else FlatCopy
@@ -125,8 +129,15 @@ class AutoDrop:
     def _before_optimizer_step(self, *args) -> None:
         self._snapshot.wait_before_overwrite()
 
-    def _count_optimizer_step(self, *args) -> None:
+    def _after_optimizer_step(self, *args) -> None:
         self._optimizer_steps += 1
+        if self._cooldown.cooled and self._steps_per_interval:
+            # Inside the decay: the lr of the next step, at its middle. The scheduler's step, which follows,
+            # keeps it and reports it; until then get_last_lr() says the lr of the step just taken.
+            position = self._state.interval + (self._optimizer_steps + 0.5) / self._steps_per_interval
+            scales = self._cooldown.scales(self._state.interval, self._lr.scales, self._lr.floor_scales(), position)
+            if scales is not None:
+                self._lr.set_scales(scales, apply=not self.config.dry_run, report=False)
 
     # ------------------------------------------------------------------ the interval step
     @torch.no_grad()
@@ -222,9 +233,13 @@ class AutoDrop:
             self._buffer_average = FlatCopy.of(self._buffers)
 
     def _decay(self) -> None:
-        """Set every group's lr for the next interval of the run's final segment (1 - sqrt to the floor)."""
+        """Set every group's lr for the next interval of the run's final segment (1 - sqrt to the floor); the
+        step hook moves it at every optimizer step after that."""
         first, before = not self._cooldown.cooled, self._lr.current_lrs()
-        scales = self._cooldown.scales(self._state.interval, self._lr.scales, self._lr.floor_scales())
+        # The next interval's first step, at its middle; once per interval at its middle where steps are not counted.
+        n = self._steps_per_interval
+        position = self._state.interval + (0.5 / n if n else 0.5)
+        scales = self._cooldown.scales(self._state.interval, self._lr.scales, self._lr.floor_scales(), position)
         self._lr.set_scales(scales, apply=not self.config.dry_run)
         if first:
             logger.info(
@@ -259,7 +274,9 @@ class AutoDrop:
         non-finite path instead.
         """
         stepped, self._optimizer_steps = self._optimizer_steps, 0
-        if self._optimizer_stepped and not stepped and 0 < norm_sq < math.inf:
+        if stepped:
+            self._steps_per_interval = stepped
+        if self._watch_rebuild and self._optimizer_stepped and not stepped and 0 < norm_sq < math.inf:
             raise RuntimeError(
                 f"The parameters moved during interval {self._state.interval} but the optimizer AutoDrop was built "
                 "with did not step (it did in earlier intervals): the training loop seems to have rebuilt its "

@@ -185,15 +185,18 @@ class LRGroups:
         """Every group's floor as a scale of its initial lr (the scale it cannot drop below)."""
         return [f / i if i > 0 else 1.0 for f, i in zip(self.floors, self.initial)]
 
-    def set_scales(self, scales: list[float], apply: bool) -> None:
+    def set_scales(self, scales: list[float], apply: bool, report: bool = True) -> None:
         """Set every group's lr to `scale` x its initial one (the cooldown's decay), keeping the schedule's
-        shape like a drop; with `apply=False` (dry run) only the virtual scales move."""
+        shape like a drop; with `apply=False` (dry run) only the virtual scales move. `report=False` leaves
+        the scheduler's `get_last_lr()` alone: set between an optimizer step and the scheduler's step, it
+        still says the lr of the step just taken (which the Trainer logs), and the scheduler's step brings it
+        up to date."""
         factors = [new / old if old > 0 else 1.0 for new, old in zip(scales, self.scales)]
         self.scales = [new if old > 0 else old for new, old in zip(scales, self.scales)]
         if apply:
-            self._scale(factors)
+            self._scale(factors, report)
 
-    def _scale(self, factors: list[float]) -> None:
+    def _scale(self, factors: list[float], report: bool = True) -> None:
         for group, f in zip(self.optimizer.param_groups, factors):
             group["lr"] = group["lr"] * f
         if self.scheduler is None:
@@ -201,7 +204,7 @@ class LRGroups:
         for sched in _all_schedulers(self.scheduler):
             if hasattr(sched, "base_lrs"):
                 sched.base_lrs = [b * f for b, f in zip(sched.base_lrs, factors)]
-            if hasattr(sched, "_last_lr"):
+            if report and hasattr(sched, "_last_lr"):
                 # What get_last_lr() (and the Trainer's logged learning_rate) reports until the next step.
                 sched._last_lr = [float(g["lr"]) for g in self.optimizer.param_groups]
 

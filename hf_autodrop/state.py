@@ -124,6 +124,9 @@ def save_state(ad) -> dict:
         **ad._state.to_state(),
         **ad._test.state_dict(),
         **ad._cooldown.state_dict(),
+        # Where the current interval stands in optimizer steps, for the cooldown's per-step decay.
+        "optimizer_steps": ad._optimizer_steps,
+        "steps_per_interval": ad._steps_per_interval,
         "lr": ad._lr.state_dict(),
         # The tensors below hold this process's shard only: they resume on the same rank of the same world.
         "distributed": ad._shards.describe(),
@@ -216,6 +219,8 @@ def _load(ad, state: dict) -> None:
     ad._state = scalars
     ad._test.load_state_dict(state)
     ad._cooldown.load_state_dict(state)
+    ad._optimizer_steps = int(state.get("optimizer_steps", 0))  # saved by every release since the per-step decay
+    ad._steps_per_interval = int(state.get("steps_per_interval", 0))
 
 
 def _verify(ad, state: dict) -> None:

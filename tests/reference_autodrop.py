@@ -87,7 +87,8 @@ def reference_growth_exponent(samples: list[tuple[int, float]]) -> float:
 # ---------------------------------------------------------------------- the end of a run of known length
 def decay_progress(interval: int, horizon: float | None, fraction: float) -> float | None:
     """`AutoDropConfig.cooldown_fraction`: over the run's last `fraction` the lr decays along 1 - sqrt of the
-    segment's progress, set once per interval at the value in the middle of the next interval. Returns that
+    segment's progress (the twin sets it once per interval, at the value in the middle of the next interval:
+    it steps no optimizer, so it has no steps to place; the controller moves it at every step). Returns that
     progress in [0, 1] for the interval after `interval`, or None before the segment (or without one)."""
     if horizon is None or fraction == 0:
         return None

@@ -356,6 +356,20 @@ class TestCooldown:
         assert [m["step"] for m in measurements if m["cooldown"]] == list(range(192, 241))
         assert "the run ends after 240 intervals" in caplog.text and "cooldown of the run's final 0.2" in caplog.text
 
+    def test_the_decay_moves_at_every_step_of_a_longer_interval_and_resumes_mid_interval(self, tmp_path):
+        # Intervals of 3 steps: the decay (steps 193-240) still moves the lr at every optimizer step, and the
+        # checkpoint at step 208 (a third into interval 70) resumes it exactly.
+        config = dict(self.CONFIG, interval_steps=3)
+        _resume_matches_straight_run(tmp_path / "resume", config, 30, 26, learning_rate=0.2)
+        recorder = _LrRecorder()
+        make_trainer(
+            tmp_path / "lrs", [AutoDropCallback(**config), recorder], num_train_epochs=30, learning_rate=0.2
+        ).train()
+        used = [lrs[0] for lrs in recorder.lrs]  # the lr optimizer step s + 1 used
+        assert len(used) == 240 and len(set(used[192:])) == 48
+        for s, lr in enumerate(used):
+            assert lr == pytest.approx(0.2 * wsd_multiplier(s + 0.5, 240), rel=1e-9), s
+
     def test_the_logged_learning_rate_follows_the_decay_under_a_warmup_schedule(self, tmp_path):
         recorder = _LrRecorder()
         trainer = make_trainer(

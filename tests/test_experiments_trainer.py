@@ -122,6 +122,19 @@ def test_peer_quick_study(tmp_path):
     assert f"| digits_bn@4ep | {peer_study.AUTODROP} |" in summary
     assert (tmp_path / "peers_digits_bn.png").stat().st_size > 10_000
 
+    # --rerun trains one method's runs again and keeps every other saved run (the training is deterministic,
+    # so the re-trained runs come out as they were); the report names both commands.
+    quick = ["--quick", "--tasks", "digits_bn", "--lr-grid", "1/3,1", "--out", str(tmp_path)]
+    report = open(peer_study.main([*quick, "--rerun", peer_study.AUTODROP])).read()
+    again = _runs(tmp_path / "peers_runs.json.gz")
+    assert [(r["method"], r["seed"], r["lr"]) for r in again] == [(r["method"], r["seed"], r["lr"]) for r in runs]
+    for before, after in zip(runs, again):
+        assert after["final"] == before["final"] and after["curve"] == before["curve"]
+        assert (after["wall_s"] == before["wall_s"]) == (before["method"] != peer_study.AUTODROP)
+    assert f"for the rows of {peer_study.AUTODROP}" in report.splitlines()[2]
+    with pytest.raises(SystemExit, match="unknown method"):
+        peer_study.main([*quick, "--rerun", "AutoDrop"])
+
 
 def test_peer_gpt2_task_is_a_transformers_model_cut_in_steps():
     import dataclasses

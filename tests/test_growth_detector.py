@@ -231,11 +231,36 @@ class TestCooldown:
         lr_during = [0.1] + [m.lrs[0] for _, m in run[:-1]]  # the lr each interval trained with
         for (step, m), lr in zip(run, lr_during):
             assert not (m.triggered or m.dropped)
-            # Once per interval, at the value 1 - sqrt takes in its middle (WSD's per-step lr there).
+            # Once per interval (no optimizer steps to count here), at the value 1 - sqrt takes in its middle.
             assert lr == pytest.approx(0.1 * wsd_multiplier(step - every / 2, 1600), rel=1e-9, abs=1e-12), step
             assert m.cooldown == (step >= 0.8 * 1600)
         assert run[-1][1].lrs[0] == pytest.approx(1e-4)  # the floor (1e-3 x the initial lr) after the last step
         assert run[-1][1].logs()["autodrop/cooldown"] == 1.0 and run[0][1].logs()["autodrop/cooldown"] == 0.0
+
+    @pytest.mark.parametrize("every", [1, 4, 16])
+    @pytest.mark.parametrize("warmup", [False, True])
+    def test_inside_the_decay_every_optimizer_step_follows_wsd(self, every, warmup):
+        # A custom loop stepping its optimizer (and a LambdaLR warm-up) between AutoDrop's intervals: each
+        # step trains with 1 - sqrt at its own middle, as transformers' warmup_stable_decay at that step.
+        g = torch.Generator().manual_seed(every)
+        p = torch.nn.Parameter(torch.zeros(8))
+        opt = torch.optim.SGD([p], lr=0.1)
+        ramp = (lambda s: min(1.0, (s + 1) / 10)) if warmup else (lambda s: 1.0)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, ramp)
+        total = 480
+        ad = AutoDrop([p], opt, sched, growth_threshold=1e-9, horizon=total // every)
+        used = []
+        for s in range(total):
+            p.grad = 0.1 * torch.randn(8, generator=g) - 1.0  # a steady drift: the distance keeps growing
+            used.append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+            if (s + 1) % every == 0:
+                m = ad.step()
+                assert not (m.triggered or m.dropped)
+        for s, lr in enumerate(used):
+            assert lr == pytest.approx(0.1 * ramp(s) * wsd_multiplier(s + 0.5, total), rel=1e-9, abs=1e-12), s
+        assert sched.get_last_lr()[0] == opt.param_groups[0]["lr"]  # the scheduler reports the lr in force
 
     def test_the_decay_starts_from_the_lr_in_force_and_respects_each_floor(self):
         path = _walk(800, 1)

@@ -9,8 +9,11 @@ group's floor, along 1 - sqrt of the segment's progress: the cooldown of a warm-
 (transformers' `warmup_stable_decay` with `decay_type="1-sqrt"`), which matches or beats cosine and linear
 cooldowns (Hagele et al. 2024). Before the segment, the saturation test drops the lr where the run
 settles; inside it the decay alone sets the lr (an averaging window still open when it begins drops at
-once, with the snapshots averaged so far). The lr changes once per interval, at the value 1 - sqrt takes
-in the middle of the next interval.
+once, with the snapshots averaged so far). The lr follows the decay at every optimizer step: each step
+uses the value 1 - sqrt takes in its middle, as `warmup_stable_decay` moves its lr at every step. The
+position of a step inside its interval comes from the optimizer steps AutoDrop counts (the steps in the
+last complete interval tell how many an interval has); where it cannot count them (no step hook, or no
+complete interval yet) the lr changes once per interval, at the value in the middle of the next interval.
 """
 
 from __future__ import annotations
@@ -74,22 +77,31 @@ class Cooldown:
 
     def progress(self, interval: int) -> float | None:
         """How far into the segment the middle of the interval after `interval` lies, in [0, 1]; None
-        before the segment (or without one)."""
+        before the segment (or without one). The interval after `interval` is inside the decay when
+        this is not None."""
         begin = self._segment_start
         if begin is None or interval + 0.5 <= begin:
             return None
-        return min(1.0, (interval + 0.5 - begin) / (self.horizon - begin))
+        return self._progress_at(interval + 0.5)
 
-    def scales(self, interval: int, current: list[float], floors: list[float]) -> list[float] | None:
-        """Every group's lr scale for the interval after `interval` (None before the segment).
+    def _progress_at(self, position: float) -> float:
+        """How far into the segment `position` (in intervals since the start) lies, clipped to [0, 1]."""
+        begin = self._segment_start
+        return min(1.0, max(0.0, (position - begin) / (self.horizon - begin)))
+
+    def scales(
+        self, interval: int, current: list[float], floors: list[float], position: float | None = None
+    ) -> list[float] | None:
+        """Every group's lr scale for the interval after `interval` (None before the segment), or, with
+        `position` (in intervals since the start, inside that interval), for the optimizer step there.
 
         `current`: the groups' lr scales now (recorded as the decay's start at its first interval);
         `floors`: their floors as scales. 1 - sqrt(p) from the start's scale at p = 0 to the floor at p = 1,
         never above the start and never below the floor.
         """
-        p = self.progress(interval)
-        if p is None:
+        if self.progress(interval) is None:
             return None
+        p = self._progress_at(interval + 0.5 if position is None else position)
         if self.start_scales is None:
             self.start_scales = list(current)
         shape = 1.0 - math.sqrt(p)
