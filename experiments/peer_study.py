@@ -257,7 +257,8 @@ def _rerun(study, jobs, runs_path, progress) -> tuple[list[dict], dict]:
     """Train the jobs of the `--rerun` methods again and take every other job's run from the saved runs.
 
     The methods left alone are deterministic and do not depend on AutoDrop's code, so their saved runs are
-    what a full run would train again; the provenance names both commands.
+    what a full run would train again, provided training reproduces on this machine: one kept job is
+    trained again to check it, and a difference refuses the merge. The provenance names both commands.
     """
     names = set(study.args.rerun)
     known = {m.name for m in methods()}
@@ -274,9 +275,18 @@ def _rerun(study, jobs, runs_path, progress) -> tuple[list[dict], dict]:
             keep[key] = by_key[key]
         else:
             raise SystemExit(f"--rerun: {runs_path} has no run for {key}; run the study in full")
-    done = dict(
-        zip(((t.name, m.name, s, f"{lr:.6g}") for t, m, s, lr in fresh), run_all(fresh, study.args.workers, progress))
-    )
+    # The kept runs stand for what this machine would train only if training reproduces here (another CPU or
+    # library build can change the last bits, which a long run amplifies): the first kept job is trained again
+    # beside the fresh ones and must come out as saved.
+    probe = next((t, m, s, lr) for t, m, s, lr in jobs if m.name not in names)
+    *trained, again = run_all([*fresh, probe], study.args.workers, progress)
+    saved_probe = keep[(probe[0].name, probe[1].name, probe[2], f"{probe[3]:.6g}")]
+    if f"{again['final']:.6g}" != f"{saved_probe['final']:.6g}":
+        raise SystemExit(
+            f"--rerun: the saved runs do not reproduce here ({probe[0].name}, {probe[1].name}, seed {probe[2]}: "
+            f"final {again['final']:.6g}, saved {saved_probe['final']:.6g}); run the study in full"
+        )
+    done = dict(zip(((t.name, m.name, s, f"{lr:.6g}") for t, m, s, lr in fresh), trained))
     new = study.provenance()
     provenance = {
         **new,

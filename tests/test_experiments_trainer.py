@@ -134,6 +134,13 @@ def test_peer_quick_study(tmp_path):
     assert f"for the rows of {peer_study.AUTODROP}" in report.splitlines()[2]
     with pytest.raises(SystemExit, match="unknown method"):
         peer_study.main([*quick, "--rerun", "AutoDrop"])
+    # Saved runs that this machine does not reproduce (here: the first one, altered) are not merged.
+    path = tmp_path / "peers_runs.json.gz"
+    data = json.loads(gzip.decompress(path.read_bytes()))
+    data["runs"][0]["final"] += 0.5
+    path.write_bytes(gzip.compress(json.dumps(data).encode()))
+    with pytest.raises(SystemExit, match="do not reproduce here"):
+        peer_study.main([*quick, "--rerun", peer_study.AUTODROP])
 
 
 def test_peer_gpt2_task_is_a_transformers_model_cut_in_steps():
