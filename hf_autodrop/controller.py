@@ -132,9 +132,10 @@ class AutoDrop:
     def _after_optimizer_step(self, *args) -> None:
         self._optimizer_steps += 1
         if self._cooldown.cooled and self._steps_per_interval:
-            # Inside the decay: the lr of the next step, at its middle. The scheduler's step, which follows,
-            # keeps it and reports it; until then get_last_lr() says the lr of the step just taken.
-            position = self._state.interval + (self._optimizer_steps + 0.5) / self._steps_per_interval
+            # Inside the decay: the lr of the next step, at its start (as warmup_stable_decay's lr of a step is
+            # its value after the steps taken). The scheduler's step, which follows, keeps it and reports it;
+            # until then get_last_lr() says the lr of the step just taken.
+            position = self._state.interval + self._optimizer_steps / self._steps_per_interval
             scales = self._cooldown.scales(self._state.interval, self._lr.scales, self._lr.floor_scales(), position)
             if scales is not None:
                 self._lr.set_scales(scales, apply=not self.config.dry_run, report=False)
@@ -236,9 +237,8 @@ class AutoDrop:
         """Set every group's lr for the next interval of the run's final segment (1 - sqrt to the floor); the
         step hook moves it at every optimizer step after that."""
         first, before = not self._cooldown.cooled, self._lr.current_lrs()
-        # The next interval's first step, at its middle; once per interval at its middle where steps are not counted.
-        n = self._steps_per_interval
-        position = self._state.interval + (0.5 / n if n else 0.5)
+        # The next interval's first step, at its start; once per interval at its middle where steps are not counted.
+        position = self._state.interval + (0.0 if self._steps_per_interval else 0.5)
         scales = self._cooldown.scales(self._state.interval, self._lr.scales, self._lr.floor_scales(), position)
         self._lr.set_scales(scales, apply=not self.config.dry_run)
         if first:

@@ -351,7 +351,7 @@ class TestCooldown:
             measurements = _resume_matches_straight_run(tmp_path, self.CONFIG, 30, 26, learning_rate=0.2)
         # 30 epochs of 8 steps, one interval per step (240 // 300 -> 1): the decay covers steps 193-240.
         for m in measurements:  # the lr after step s is the one step s + 1 trains with
-            assert m["lrs"][0] == pytest.approx(0.2 * wsd_multiplier(m["step"] + 0.5, 240), rel=1e-9), m["step"]
+            assert m["lrs"][0] == pytest.approx(0.2 * wsd_multiplier(m["step"], 240), rel=1e-9), m["step"]
         assert not any(m["dropped"] or m["triggered"] for m in measurements)
         assert [m["step"] for m in measurements if m["cooldown"]] == list(range(192, 241))
         assert "the run ends after 240 intervals" in caplog.text and "cooldown of the run's final 0.2" in caplog.text
@@ -368,7 +368,7 @@ class TestCooldown:
         used = [lrs[0] for lrs in recorder.lrs]  # the lr optimizer step s + 1 used
         assert len(used) == 240 and len(set(used[192:])) == 48
         for s, lr in enumerate(used):
-            assert lr == pytest.approx(0.2 * wsd_multiplier(s + 0.5, 240), rel=1e-9), s
+            assert lr == pytest.approx(0.2 * wsd_multiplier(s, 240), rel=1e-9), s
 
     def test_the_logged_learning_rate_follows_the_decay_under_a_warmup_schedule(self, tmp_path):
         recorder = _LrRecorder()
@@ -393,10 +393,10 @@ class TestCooldown:
         for step, lr in logged:
             if step + ahead in used:
                 assert lr == pytest.approx(used[step + ahead], rel=1e-12), (step, ahead)
-        # Warm-up over 8 steps (step k uses (k - 1) / 8 x 0.1), then 0.1 until the decay (steps 65-80)
-        # takes it towards the floor 1e-4.
+        # Warm-up over 8 steps (step k uses (k - 1) / 8 x 0.1), then 0.1 until the decay (steps 65-80, the
+        # first at its start, still 0.1 as in WSD) takes it towards the floor 1e-4.
         assert used[4] == pytest.approx(0.1 * 3 / 8) and used[9] == used[64] == pytest.approx(0.1)
-        assert used[64] > used[65] > used[72] > used[80] > 1e-4
+        assert used[65] == pytest.approx(0.1) and used[65] > used[66] > used[72] > used[80] > 1e-4
         assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(1e-4)
 
 

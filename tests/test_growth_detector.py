@@ -241,7 +241,7 @@ class TestCooldown:
     @pytest.mark.parametrize("warmup", [False, True])
     def test_inside_the_decay_every_optimizer_step_follows_wsd(self, every, warmup):
         # A custom loop stepping its optimizer (and a LambdaLR warm-up) between AutoDrop's intervals: each
-        # step trains with 1 - sqrt at its own middle, as transformers' warmup_stable_decay at that step.
+        # step trains with 1 - sqrt at its start, exactly as transformers' warmup_stable_decay at that step.
         g = torch.Generator().manual_seed(every)
         p = torch.nn.Parameter(torch.zeros(8))
         opt = torch.optim.SGD([p], lr=0.1)
@@ -259,7 +259,7 @@ class TestCooldown:
                 m = ad.step()
                 assert not (m.triggered or m.dropped)
         for s, lr in enumerate(used):
-            assert lr == pytest.approx(0.1 * ramp(s) * wsd_multiplier(s + 0.5, total), rel=1e-9, abs=1e-12), s
+            assert lr == pytest.approx(0.1 * ramp(s) * wsd_multiplier(s, total), rel=1e-9, abs=1e-12), s
         assert sched.get_last_lr()[0] == opt.param_groups[0]["lr"]  # the scheduler reports the lr in force
 
     def test_the_decay_starts_from_the_lr_in_force_and_respects_each_floor(self):
