@@ -128,11 +128,13 @@ class Study:
             "overrides": self.overrides,
         }
 
-    def write_report(self, name: str, title: str, body: str, provenance: dict | None = None) -> str:
+    def write_report(
+        self, name: str, title: str, body: str, provenance: dict | None = None, rewritten: bool | None = None
+    ) -> str:
         """Write `<out>/<name>` with the title, the exact command, the machine and the wall time.
 
         `provenance` (from the saved runs) describes the run that produced the numbers when the report is
-        rewritten with `--report-only`.
+        rewritten with `--report-only` (`rewritten`, by default whether `provenance` is given, says so).
         """
         p = provenance or self.provenance()
         header = (
@@ -142,7 +144,11 @@ class Study:
             f"1 torch thread each; the machine's 15-minute load average at the end was {p['load_average_15min']} "
             "(other jobs shared its cores)."
             + (f" AutoDrop overrides: `{json.dumps(p['overrides'])}`." if p["overrides"] else "")
-            + (f" Report rewritten from the saved runs by `{self.command}`." if provenance else "")
+            + (
+                f" Report rewritten from the saved runs by `{self.command}`."
+                if (provenance is not None if rewritten is None else rewritten)
+                else ""
+            )
             + "\n\n"
         )
         path = self.path(name)

@@ -362,6 +362,7 @@ def main(argv=None) -> str:
         "AutoDrop against WSD, schedule-free, cosine, linear and the constant lr",
         __doc__.split("\n\n", 2)[2].split("Writes")[0].strip() + "\n\n" + body,
         provenance=provenance if study.report_only or study.args.rerun else None,
+        rewritten=study.report_only,
     )
 
 
