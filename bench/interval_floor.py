@@ -77,22 +77,8 @@ def main() -> None:
         autodrop._test._log_s.pop()
         autodrop._test._log_d.pop()
 
-    parts = [
-        ("one training step (forward, backward, AdamW)", train_step),
-        ("AutoDrop.step(), the mean over a run of 300 intervals", None),
-        ("  its fused pass (FlatCopy.advance and the fit's sample)", advance),
-        ("    _foreach_sub_ (28 tensors into the flat buffer)", lambda: torch._foreach_sub_(views, detached)),
-        ("    _foreach_copy_ (28 tensors into the spare buffer)", lambda: torch._foreach_copy_(views, detached)),
-        ("    one product (torch.mul, out=)", lambda: torch.mul(flat, spare, out=product)),
-        (
-            "    one block sum (torch.sum over 1024-blocks)",
-            lambda: torch.sum(product[: blocks * 1024].view(blocks, 1024), 1, out=block_sums),
-        ),
-        ("    x - anchor (a difference, allocated)", lambda: spare - anchor),
-    ]
-
     def run(intervals: int, with_autodrop: bool) -> float:
-        """A whole run at the automatic interval's count (300 intervals): its wall time."""
+        """A whole run at the automatic interval's count (300 intervals): its CPU time (AutoDrop built before)."""
         ad = AutoDrop(model, optimizer, horizon=intervals) if with_autodrop else None
         start = time.process_time()
         for _ in range(intervals):
@@ -103,8 +89,8 @@ def main() -> None:
 
     def per_interval() -> float:
         # Interleaved runs with and without, the least disturbed of each (CPU time of this process, which other
-        # processes disturb less than the wall time): the mean cost of one interval step over a run of 300
-        # (the growth test's fits over its window and the decay over the last fifth included).
+        # processes disturb less than the wall time): the mean cost of one interval step after a real optimizer
+        # step, over a run of 300 (the growth test's fits over its window and the decay over the last fifth).
         pairs = [(run(300, False), run(300, True)) for _ in range(args.repeats)]
         return (min(w for _, w in pairs) - min(wo for wo, _ in pairs)) / 300
 
@@ -112,22 +98,26 @@ def main() -> None:
         return min(timeit.repeat(fn, timer=time.process_time, number=args.number, repeat=args.repeats)) / args.number
 
     step_s = best(train_step)
-    rows = []
-    for name, fn in parts:
-        if fn is None:
-            seconds = per_interval()  # AutoDrop.step() after a real optimizer step
-        elif fn is train_step:
-            seconds = step_s
-        else:
-            seconds = best(fn)
-        rows.append((name, seconds))
+    rows = [
+        ("one training step (forward, backward, AdamW)", step_s),
+        ("AutoDrop.step(), the mean over a run of 300 intervals", per_interval()),
+        ("its fused pass (FlatCopy.advance and the fit's sample)", best(advance)),
+        ("_foreach_sub_ (28 tensors into the flat buffer)", best(lambda: torch._foreach_sub_(views, detached))),
+        ("_foreach_copy_ (28 tensors into the spare buffer)", best(lambda: torch._foreach_copy_(views, detached))),
+        ("one product (torch.mul, out=)", best(lambda: torch.mul(flat, spare, out=product))),
+        (
+            "one block sum (torch.sum over 1024-blocks)",
+            best(lambda: torch.sum(product[: blocks * 1024].view(blocks, 1024), 1, out=block_sums)),
+        ),
+        ("x - anchor (a difference, allocated)", best(lambda: spare - anchor)),
+    ]
     print(
         f"tiny GPT-2, {N_PARAMS:,} parameters in {N_TENSORS} tensors, 1 thread, best of {args.repeats} x {args.number}"
     )
     print("| part | time (us) | share of a training step |")
     print("| --- | ---: | ---: |")
     for name, seconds in rows:
-        print(f"| {name.strip()} | {1e6 * seconds:.0f} | {seconds / step_s:.1%} |")
+        print(f"| {name} | {1e6 * seconds:.0f} | {seconds / step_s:.1%} |")
 
 
 if __name__ == "__main__":

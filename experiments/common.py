@@ -137,6 +137,8 @@ class Study:
         rewritten with `--report-only` (`rewritten`, by default whether `provenance` is given, says so).
         """
         p = provenance or self.provenance()
+        if rewritten is None:
+            rewritten = provenance is not None
         header = (
             f"# {title}\n\n"
             f"Produced by `{p['command']}` (from the repository root; `--quick` is a smoke run, not evidence) "
@@ -144,11 +146,7 @@ class Study:
             f"1 torch thread each; the machine's 15-minute load average at the end was {p['load_average_15min']} "
             "(other jobs shared its cores)."
             + (f" AutoDrop overrides: `{json.dumps(p['overrides'])}`." if p["overrides"] else "")
-            + (
-                f" Report rewritten from the saved runs by `{self.command}`."
-                if (provenance is not None if rewritten is None else rewritten)
-                else ""
-            )
+            + (f" Report rewritten from the saved runs by `{self.command}`." if rewritten else "")
             + "\n\n"
         )
         path = self.path(name)

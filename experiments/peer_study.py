@@ -264,29 +264,33 @@ def _rerun(study, jobs, runs_path, progress) -> tuple[list[dict], dict]:
     known = {m.name for m in methods()}
     if names - known:
         raise SystemExit(f"--rerun: unknown method(s) {sorted(names - known)}; the methods are {sorted(known)}")
+
+    def key(job) -> tuple:
+        t, m, s, lr = job
+        return (t.name, m.name, s, f"{lr:.6g}")  # the saved runs hold their lr to 6 digits
+
     saved, old = load_runs(runs_path)
-    by_key = {(r["task"], r["method"], r["seed"], f"{r['lr']:.6g}"): r for r in saved}  # saved to 6 digits
+    by_key = {(r["task"], r["method"], r["seed"], f"{r['lr']:.6g}"): r for r in saved}
     keep, fresh = {}, []
-    for t, m, s, lr in jobs:
-        key = (t.name, m.name, s, f"{lr:.6g}")
-        if m.name in names:
-            fresh.append((t, m, s, lr))
-        elif key in by_key:
-            keep[key] = by_key[key]
+    for job in jobs:
+        if job[1].name in names:
+            fresh.append(job)
+        elif key(job) in by_key:
+            keep[key(job)] = by_key[key(job)]
         else:
-            raise SystemExit(f"--rerun: {runs_path} has no run for {key}; run the study in full")
+            raise SystemExit(f"--rerun: {runs_path} has no run for {key(job)}; run the study in full")
     # The kept runs stand for what this machine would train only if training reproduces here (another CPU or
     # library build can change the last bits, which a long run amplifies): the first kept job is trained again
     # beside the fresh ones and must come out as saved.
-    probe = next((t, m, s, lr) for t, m, s, lr in jobs if m.name not in names)
+    probe = next(job for job in jobs if job[1].name not in names)
     *trained, again = run_all([*fresh, probe], study.args.workers, progress)
-    saved_probe = keep[(probe[0].name, probe[1].name, probe[2], f"{probe[3]:.6g}")]
+    saved_probe = keep[key(probe)]
     if f"{again['final']:.6g}" != f"{saved_probe['final']:.6g}":
         raise SystemExit(
             f"--rerun: the saved runs do not reproduce here ({probe[0].name}, {probe[1].name}, seed {probe[2]}: "
             f"final {again['final']:.6g}, saved {saved_probe['final']:.6g}); run the study in full"
         )
-    done = dict(zip(((t.name, m.name, s, f"{lr:.6g}") for t, m, s, lr in fresh), trained))
+    done = dict(zip(map(key, fresh), trained))
     new = study.provenance()
     provenance = {
         **new,
@@ -294,7 +298,7 @@ def _rerun(study, jobs, runs_path, progress) -> tuple[list[dict], dict]:
         f"{', '.join(sorted(names))}, `{new['command']}",
         "minutes": old["minutes"] + new["minutes"],
     }
-    return [keep.get(k) or done[k] for k in ((t.name, m.name, s, f"{lr:.6g}") for t, m, s, lr in jobs)], provenance
+    return [keep.get(k) or done[k] for k in map(key, jobs)], provenance
 
 
 def main(argv=None) -> str:

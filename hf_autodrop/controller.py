@@ -135,10 +135,7 @@ class AutoDrop:
             # Inside the decay: the lr of the next step, at its start (as warmup_stable_decay's lr of a step is
             # its value after the steps taken). The scheduler's step, which follows, keeps it and reports it;
             # until then get_last_lr() says the lr of the step just taken.
-            position = self._state.interval + self._optimizer_steps / self._steps_per_interval
-            scales = self._cooldown.scales(self._state.interval, self._lr.scales, self._lr.floor_scales(), position)
-            if scales is not None:
-                self._lr.set_scales(scales, apply=not self.config.dry_run, report=False)
+            self._decay_to(self._state.interval + self._optimizer_steps / self._steps_per_interval, report=False)
 
     # ------------------------------------------------------------------ the interval step
     @torch.no_grad()
@@ -238,9 +235,7 @@ class AutoDrop:
         step hook moves it at every optimizer step after that."""
         first, before = not self._cooldown.cooled, self._lr.current_lrs()
         # The next interval's first step, at its start; once per interval at its middle where steps are not counted.
-        position = self._state.interval + (0.0 if self._steps_per_interval else 0.5)
-        scales = self._cooldown.scales(self._state.interval, self._lr.scales, self._lr.floor_scales(), position)
-        self._lr.set_scales(scales, apply=not self.config.dry_run)
+        self._decay_to(self._state.interval + (0.0 if self._steps_per_interval else 0.5))
         if first:
             logger.info(
                 "AutoDrop: cooldown of the run's final %.3g from interval %d (the run ends after %.6g intervals): "
@@ -252,6 +247,12 @@ class AutoDrop:
                 _fmt(self._lr.floors),
                 " (dry run: not applied)" if self.config.dry_run else "",
             )
+
+    def _decay_to(self, position: float, report: bool = True) -> None:
+        """Every group's lr at `position` (in intervals since the start) of the decay, when it applies there."""
+        scales = self._cooldown.scales(self._state.interval, self._lr.scales, self._lr.floor_scales(), position)
+        if scales is not None:
+            self._lr.set_scales(scales, apply=not self.config.dry_run, report=report)
 
     def _check_unchanged(self, params: list[torch.Tensor]) -> None:
         """Clear errors for a training loop that changed what AutoDrop was built on (cheap: no tensor math)."""

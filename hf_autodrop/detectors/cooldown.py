@@ -11,10 +11,10 @@ cooldowns (Hagele et al. 2024). Before the segment, the saturation test drops th
 settles; inside it the decay alone sets the lr (an averaging window still open when it begins drops at
 once, with the snapshots averaged so far). The lr follows the decay at every optimizer step: each step
 uses the value 1 - sqrt takes at its start, as `warmup_stable_decay` sets the lr of a step from the steps
-taken before it. The
-position of a step inside its interval comes from the optimizer steps AutoDrop counts (the steps in the
-last complete interval tell how many an interval has); where it cannot count them (no step hook, or no
-complete interval yet) the lr changes once per interval, at the value in the middle of the next interval.
+taken before it. The position of a step inside its interval comes from the optimizer steps AutoDrop counts
+(the steps in the last complete interval tell how many an interval has); where it cannot count them (no
+step hook, or no complete interval yet) the lr changes once per interval, at the value in the middle of
+the next interval.
 """
 
 from __future__ import annotations
